@@ -1,0 +1,1 @@
+"""Data: shard formats, images, ingest (videos -> shards), transforms and streaming data modules."""

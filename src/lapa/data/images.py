@@ -1,0 +1,54 @@
+"""JPEG encode/decode and resizing on uint8 RGB arrays `[H, W, 3]`.
+
+simplejpeg (libjpeg-turbo) is several times faster than PIL for both directions; PIL is the fallback for
+what simplejpeg refuses (grayscale/CMYK/progressive oddities) so that a valid image always decodes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+try:  # pragma: no cover - exercised implicitly where simplejpeg is installed
+    import simplejpeg
+except ImportError:  # pragma: no cover
+    simplejpeg = None
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an RGB uint8 array `[H, W, 3]` as JPEG bytes."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB array [H, W, 3], got shape {rgb.shape}")
+    if simplejpeg is not None:
+        return simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB", colorsubsampling="420")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """Decode JPEG (or any PIL-readable image) bytes to an RGB uint8 array `[H, W, 3]`."""
+    if simplejpeg is not None:
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError:
+            pass  # not a baseline RGB JPEG simplejpeg can read: let PIL try
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def resize_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side is `size` (area-averaging when shrinking), then centre-crop to square."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    scale = size / min(h, w)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = Image.fromarray(rgb)
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    img = img.resize((new_w, new_h), resample=resample)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))

@@ -1,0 +1,257 @@
+"""`lapa train-laq`: Stage 1 training of the latent action quantiser with the Lightning Trainer.
+
+Writes into `output_dir`:
+    config.yaml              the resolved config of the run (also stored inside every checkpoint)
+    checkpoints/last.ckpt    the newest state (on every periodic save, every validation and at the end)
+    checkpoints/best.ckpt    lowest val/loss_recon so far
+    checkpoints/step_N.ckpt  periodic, the newest `training.checkpoint.keep_periodic` kept
+    logs/                    CSV / TensorBoard / W&B logs (`logger=`)
+    recon/step_N.png         frame t | frame t+1 | reconstruction, after every validation
+    laq_final.pt             the final model in lapa's own format (`lapa label` reads it)
+    summary.json             steps, wall time, best and final validation metrics
+
+Resume (`resume=auto` or `resume=PATH`): restores the weights, the optimiser and lr-schedule state, the
+global step, the epoch and batch counters and the best/periodic-checkpoint bookkeeping; the model's
+noise (NSVQ) is seeded by the batch number, so it continues exactly as in an uninterrupted run. The data
+position is restored exactly only for loaders that implement `state_dict`/`load_state_dict` (Lightning's
+stateful-loader protocol) or when the run stopped at an epoch boundary; a WebDataset stream restarts its
+iteration (shuffled shards, a fresh shuffle buffer), so a resumed run sees a new random order rather
+than the exact continuation of the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lapa.config import ClusterConfig, require, to_dict, to_yaml
+from lapa.data.datamodule import DataConfig, LAPADataModule
+from lapa.io import write_json_atomic, write_text_atomic
+from lapa.laq import LAQConfig, save_model
+from lapa.laq.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, ReconstructionGrid, SeedPerBatch
+from lapa.laq.task import LAQTask, TrainingConfig
+
+log = logging.getLogger(__name__)
+
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+@dataclass
+class WandbConfig:
+    """`wandb`: used when `logger=wandb` (needs the `wandb` extra)."""
+
+    project: str = "lapa"
+    entity: str | None = None
+    offline: bool = False  # true: log to disk only, `wandb sync` later (no account or network needed)
+
+
+@dataclass
+class TrainLAQConfig:
+    """The config of `lapa train-laq` (conf/train_laq.yaml)."""
+
+    model: LAQConfig = field(default_factory=LAQConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    experiment_name: str = "laq"
+    seed: int = 42
+    output_dir: str = "runs/laq"
+    resume: str | None = None  # null: a fresh run | auto: output_dir/checkpoints/last.ckpt if present | PATH
+    logger: str = "csv"  # csv | tensorboard | wandb
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        require(self.logger in LOGGERS, "logger", self.logger, f"must be one of {', '.join(LOGGERS)}")
+        require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
+        require(self.resume in (None, "auto") or Path(str(self.resume)).is_file(), "resume", self.resume,
+                "must be null, 'auto' or an existing checkpoint file")
+        image_size = getattr(self.data, "image_size", None)
+        require(image_size in (None, self.model.image_size), "data.image_size", image_size,
+                f"must equal model.image_size={self.model.image_size} (the model's input size)")
+        if self.logger == "tensorboard":
+            require(_has_module("tensorboard") or _has_module("tensorboardX"), "logger", self.logger,
+                    "needs the tensorboard package (pip install tensorboard)")
+        if self.logger == "wandb":
+            require(_has_module("wandb"), "logger", self.logger,
+                    "needs the wandb package (pip install 'lapa[wandb]')")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_resume(cfg: TrainLAQConfig) -> str | None:
+    """The checkpoint to continue from: an explicit path, or last.ckpt for `auto` (None when absent)."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    return str(cfg.resume)
+
+
+def _make_logger(cfg: TrainLAQConfig) -> Any:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    out = Path(cfg.output_dir)
+    if cfg.logger == "tensorboard":
+        return TensorBoardLogger(save_dir=str(out), name="logs")
+    if cfg.logger == "wandb":
+        return WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.experiment_name,
+                           save_dir=str(out / "logs"), offline=cfg.wandb.offline)
+    # A new version_N folder per (re)start: a resumed run never overwrites the earlier metrics.
+    return CSVLogger(save_dir=str(out), name="logs")
+
+
+def _make_strategy(cluster: ClusterConfig) -> Any:
+    """`ddp` with the configured backend (gloo on CPU, nccl on GPU); other names pass to Lightning."""
+    if cluster.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend=cluster.backend)
+    return cluster.strategy
+
+
+def _checkpoint_callbacks(cfg: TrainLAQConfig, ckpt_dir: Path) -> tuple[list, Any]:
+    """Periodic (also writes last.ckpt) and best-by-val-loss ModelCheckpoints; returns (all, best)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ck = cfg.training.checkpoint
+    callbacks: list = []
+    if ck.every_n_steps > 0:
+        # monitor="step", mode="max": keep the newest `keep_periodic` periodic checkpoints.
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename="step_{step:08d}", auto_insert_metric_name=False,
+            every_n_train_steps=ck.every_n_steps, save_top_k=ck.keep_periodic, monitor="step",
+            mode="max", save_last=True))
+    best = None
+    if ck.save_best:
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
+                               monitor=ck.monitor, mode="min", save_top_k=1,
+                               save_last=ck.every_n_steps == 0)
+        callbacks.append(best)
+    return callbacks, best
+
+
+def build_trainer(cfg: TrainLAQConfig, callbacks: list, logger: Any) -> Any:
+    """A Lightning Trainer from `training` (loop, clipping) and `cluster` (devices, precision)."""
+    import lightning as L
+
+    t, c = cfg.training, cfg.cluster
+    step_interval = isinstance(t.val_check_interval, int)
+    return L.Trainer(
+        accelerator="gpu" if c.accelerator == "cuda" else c.accelerator,
+        devices=c.devices, num_nodes=c.num_nodes, strategy=_make_strategy(c),
+        precision=c.resolved_precision(),
+        max_steps=t.max_steps, max_epochs=t.max_epochs,
+        val_check_interval=t.val_check_interval,
+        # An int interval counts training batches across epochs (streaming data has no epochs).
+        check_val_every_n_epoch=None if step_interval else 1,
+        limit_val_batches=t.limit_val_batches, num_sanity_val_steps=1,
+        log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val or None,
+        gradient_clip_algorithm=t.gradient_clip_algorithm if t.gradient_clip_val else None,
+        callbacks=callbacks, logger=logger, default_root_dir=cfg.output_dir,
+        plugins=[AtomicCheckpointIO()], enable_model_summary=True)
+
+
+def _metric(trainer: Any, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
+    """Train the LAQ on frame-pair shards; `resume=auto` continues a stopped run in `output_dir`.
+
+    Examples:
+        lapa train-laq experiment=laq_debug data.train_shards='shards/train/*.tar' \\
+            data.val_shards='shards/val/*.tar' output_dir=runs/laq_debug
+        lapa train-laq experiment=laq_full resume=auto          # on the cluster (8 GPUs)
+        lapa train-laq training=laq_reference                   # the published recipe
+
+    `datamodule` (Python use only) replaces the shard datamodule built from `cfg.data`; it must yield
+    `{"frames": float [B, 3, 2, H, W] in [0, 1]}` batches.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
+
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = resolve_resume(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.cluster.resolved_precision() in {"bf16-mixed", "16-mixed"}:
+        torch.set_float32_matmul_precision("high")
+
+    config_dict, config_yaml = to_dict(cfg), to_yaml(cfg)
+    task = LAQTask(cfg.model, cfg.training)
+    if datamodule is None:
+        datamodule = LAPADataModule(cfg.data, task="laq")
+    ckpt_callbacks, best_cb = _checkpoint_callbacks(cfg, ckpt_dir)
+    grid = ReconstructionGrid(out / "recon", rows=cfg.training.num_vis_rows)
+    start_step = [0]  # the global step after a resume restored it
+    callbacks = [*ckpt_callbacks, grid, ConfigInCheckpoint(config_dict, config_yaml), SeedPerBatch(cfg.seed),
+                 LearningRateMonitor(logging_interval="step"),
+                 LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
+    trainer = build_trainer(cfg, callbacks, _make_logger(cfg))
+
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", config_yaml)
+        n_params = sum(p.numel() for p in task.model.parameters())
+        print(f"lapa train-laq: {cfg.experiment_name}, {n_params / 1e6:.2f} M parameters, "
+              f"precision {cfg.cluster.resolved_precision()}, writing to {out.resolve()}")
+        print(f"  resuming from {ckpt_path}" if ckpt_path else "  starting a fresh run")
+
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+    if trainer.interrupted:
+        print(f"lapa train-laq: interrupted at step {trainer.global_step}; continue with resume=auto")
+        return 1
+    steps = trainer.global_step - start_step[0]
+
+    last_ckpt = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(last_ckpt)  # the final state, whatever the periodic schedule was
+    has_val = trainer.num_val_batches and sum(trainer.num_val_batches) > 0
+    if has_val and task.last_val_step != trainer.global_step:
+        trainer.validate(task, datamodule=datamodule, verbose=False)  # final metrics of the final weights
+    if not trainer.is_global_zero:
+        return 0
+
+    save_model(task.model, out / "laq_final.pt")
+    best_score = None if best_cb is None or best_cb.best_model_score is None else float(
+        best_cb.best_model_score)
+    summary = {
+        "experiment_name": cfg.experiment_name, "steps": trainer.global_step, "steps_this_run": steps,
+        "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 4) if wall > 0 else None,
+        "best_val_loss_recon": best_score,
+        "best_checkpoint": best_cb.best_model_path if best_cb is not None else None,
+        "last_checkpoint": str(last_ckpt), "final_model": str(out / "laq_final.pt"),
+        "final_val": {k: _metric(trainer, f"val/{k}") for k in
+                      ("loss_recon", "psnr", "psnr_copy", "perplexity", "codebook_utilization")},
+        "reconstructions": str(grid.last_path) if grid.last_path else None,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    v = s["final_val"]
+    print(f"lapa train-laq: done, {s['steps']} steps ({s['steps_this_run']} in this run) in "
+          f"{s['wall_s']:.1f} s ({s['steps_per_s'] or 0:.2f} steps/s)")
+    if v["psnr"] is not None:
+        verdict = "beats" if v["psnr"] > (v["psnr_copy"] or 0) else "does NOT beat"
+        print(f"  final val: loss_recon {v['loss_recon']:.5f}, psnr {v['psnr']:.2f} dB vs copy-frame "
+              f"{v['psnr_copy']:.2f} dB ({verdict} the baseline), perplexity {v['perplexity']:.2f}, "
+              f"codebook utilization {v['codebook_utilization']:.2f}")
+    if s["best_val_loss_recon"] is not None:
+        print(f"  best val/loss_recon {s['best_val_loss_recon']:.5f}: {s['best_checkpoint']}")
+    print(f"  last checkpoint {s['last_checkpoint']}\n  final model {s['final_model']}")

@@ -1,0 +1,134 @@
+"""`lapa sim eval policy=NAME episodes=N output=DIR`: closed-loop success rates in the simulated world.
+
+Runs N episodes of every task family (seeds `seed + i`, the same scenes for every policy, disjoint from
+`sim generate`'s default seeds) with the policy from `lapa.sim.policies.get_policy(NAME)`: `oracle`,
+`random`, or a checkpoint path (Stage 3). Writes `DIR/results.json` with per-family and overall success
+rates and Wilson 95% confidence intervals, prints a table, and saves the first `videos_per_task`
+rollouts of each family as `DIR/videos/<family>_<i>.mp4`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lapa.config import require, to_dict
+from lapa.io import write_json_atomic
+from lapa.sim.parallel import process_world, run_parallel
+from lapa.sim.policies import OracleConfig, get_policy
+from lapa.sim.rollout import run_episode
+from lapa.sim.tasks import FAMILIES
+from lapa.sim.video import write_mp4
+from lapa.sim.world import SimConfig
+
+
+@dataclass
+class SimEvalConfig:
+    policy: str = "oracle"  # oracle | random | checkpoint path
+    output: str = ""  # DIR (required)
+    episodes: int = 20  # per task family
+    seed: int = 1_000_000
+    tasks: list[str] = field(default_factory=lambda: list(FAMILIES))
+    max_steps: int = 80
+    workers: int = 1  # worker processes; 0 = in-process
+    videos_per_task: int = 2
+    sim: SimConfig = field(default_factory=SimConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)  # used when policy=oracle
+
+    def __post_init__(self) -> None:
+        require(bool(self.policy), "policy", self.policy, "set policy=oracle|random|CHECKPOINT")
+        require(bool(self.output), "output", self.output, "set output=DIR")
+        require(self.episodes >= 1, "episodes", self.episodes, "must be >= 1")
+        bad = [t for t in self.tasks if t not in FAMILIES]
+        require(bool(self.tasks) and not bad, "tasks", self.tasks, f"must be a non-empty subset of {list(FAMILIES)}")
+        require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        require(self.workers >= 0, "workers", self.workers, "must be >= 0")
+        require(self.videos_per_task >= 0, "videos_per_task", self.videos_per_task, "must be >= 0")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+_POLICY = None  # one policy per worker process (a checkpoint loads once)
+
+
+def _eval_one(job: tuple[str, int, int, SimEvalConfig]) -> dict:
+    """Worker: one episode of `family`; writes its video when it is among the first few."""
+    global _POLICY
+    family, i, seed, cfg = job
+    if _POLICY is None:
+        _POLICY = get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)
+    record_video = i < cfg.videos_per_task
+    ep = run_episode(process_world(cfg.sim), family, seed, _POLICY, cfg.max_steps, record=record_video)
+    video = None
+    if record_video:
+        video = f"videos/{family}_{i}.mp4"
+        write_mp4(Path(cfg.output) / video, ep.frames, fps=cfg.sim.control_hz)
+    return {"family": family, "index": i, "seed": seed, "success": ep.success, "steps": ep.steps,
+            "instruction": ep.instruction, "video": video}
+
+
+def _stats(records: list[dict]) -> dict:
+    n, k = len(records), sum(r["success"] for r in records)
+    lo, hi = wilson_interval(k, n)
+    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
+            "mean_steps": float(np.mean([r["steps"] for r in records])) if records else 0.0}
+
+
+def format_table(results: dict) -> str:
+    """Success rates per family and overall, with Wilson 95% intervals."""
+    lines = [f"{'task':<10} {'success':>9} {'rate':>7}   95% CI", "-" * 42]
+    rows = list(results["families"].items()) + [("overall", results["overall"])]
+    for name, s in rows:
+        lo, hi = s["ci95"]
+        lines.append(f"{name:<10} {s['successes']:>4}/{s['episodes']:<4} {100 * s['success_rate']:>6.1f}%"
+                     f"   [{100 * lo:.1f}, {100 * hi:.1f}]")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: SimEvalConfig) -> dict:
+    """Run the evaluation and return the results dict (also written to DIR/results.json)."""
+    get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)  # fail fast (unknown checkpoint) before workers
+    jobs = [(family, i, cfg.seed + i, cfg) for family in cfg.tasks for i in range(cfg.episodes)]
+    t0 = time.perf_counter()
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for r in run_parallel(_eval_one, jobs, cfg.workers, f"eval {cfg.policy}"):
+        by_family[r["family"]].append(r)
+    episodes = [r for f in cfg.tasks for r in sorted(by_family[f], key=lambda r: r["index"])]
+    results = {
+        "policy": cfg.policy, "episodes_per_task": cfg.episodes,
+        "families": {f: _stats(by_family[f]) for f in cfg.tasks}, "overall": _stats(episodes),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "videos": [r["video"] for r in episodes if r["video"]],
+        "episodes": episodes, "config": to_dict(cfg),
+    }
+    write_json_atomic(Path(cfg.output) / "results.json", results)
+    return results
+
+
+def run(cfg: SimEvalConfig) -> int:
+    """Closed-loop success rates: `episodes` rollouts per task family of policy=oracle|random|CHECKPOINT;
+    writes output=DIR/results.json (rates with Wilson 95% intervals) and DIR/videos/*.mp4, prints a table.
+    """
+    print(f"lapa sim eval: policy={cfg.policy}, {cfg.episodes} episodes x {len(cfg.tasks)} tasks -> {cfg.output}")
+    try:
+        results = evaluate(cfg)
+    except NotImplementedError as err:
+        print(f"lapa sim eval: {err}")
+        return 2
+    print(format_table(results))
+    print(f"{results['seconds']:.1f} s; wrote {cfg.output}/results.json and {len(results['videos'])} videos")
+    return 0

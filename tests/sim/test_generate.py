@@ -1,0 +1,101 @@
+"""`lapa sim generate` / `lapa sim eval` through the CLI: output layout and formats (docs/contracts.md)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+
+from lapa.cli import main
+from lapa.data.shards import decode_npy, list_shards
+from lapa.sim.evaluate import format_table, wilson_interval
+from lapa.sim.generate import GenerateConfig, episode_plan
+
+SMALL = ["sim.image_size=32", "workers=0", "tasks=[pick,push]"]
+
+
+def _frames(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_generate_layout_and_formats(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["sim", "generate", f"output={out}", "episodes=3", "val_fraction=0.34", *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 3 and summary["successes"] == 3 and summary["generated_now"] == 3
+    assert summary["kept"]["train"] + summary["kept"]["val"] == 3 and summary["kept"]["val"] >= 1
+    assert summary["episodes_per_min_per_core"] > 0
+    ids = set()
+    for split in ("train", "val"):
+        rows = [json.loads(line) for line in (out / "videos" / split / "manifest.jsonl").read_text().splitlines()]
+        assert len(rows) == summary["kept"][split]
+        for row in rows:
+            assert set(row) >= {"video", "instruction", "task", "episode_id", "split", "fps"}
+            assert row["split"] == split and row["fps"] == 10 and row["task"] in {"pick", "push"}
+            side = np.load(out / "sidecar" / f"{row['episode_id']}.npz")
+            t = side["states"].shape[0]
+            assert side["actions"].shape == (t - 1, 7) and side["actions"].dtype == np.float32
+            assert side["states"].shape == (t, 14) and bool(side["success"])
+            assert str(side["instruction"]) == row["instruction"] and str(side["task"]) == row["task"]
+            assert _frames(out / "videos" / split / row["video"]) == t  # one frame per control step
+            ids.add(row["episode_id"])
+        shards = list_shards(out / "demos" / split)
+        with tarfile.open(shards[0]) as tar:
+            names = tar.getnames()
+            key = names[0].split(".")[0]
+            assert {n[len(key) + 1:] for n in names if n.startswith(key + ".")} == {
+                "jpg", "txt", "action.npy", "json", "state.npy"}
+            meta = json.loads(tar.extractfile(f"{key}.json").read())
+            assert set(meta) == {"episode_id", "step", "task"} and meta["episode_id"] in ids
+            action = decode_npy(tar.extractfile(f"{key}.action.npy").read())
+            assert action.shape == (7,) and action.dtype == np.float32
+            side = np.load(out / "sidecar" / f"{meta['episode_id']}.npz")
+            np.testing.assert_array_equal(action, side["actions"][meta["step"]])
+    assert len(ids) == 3
+    # resume: nothing to redo, the same outputs
+    manifest = (out / "videos" / "train" / "manifest.jsonl").read_text()
+    assert main(["sim", "generate", f"output={out}", "episodes=3", "val_fraction=0.34", *SMALL]) == 0
+    assert json.loads((out / "summary.json").read_text())["generated_now"] == 0
+    assert (out / "videos" / "train" / "manifest.jsonl").read_text() == manifest
+    assert "episodes/min/core" in capsys.readouterr().out
+
+
+def test_split_depends_on_seed_only():
+    a = episode_plan(GenerateConfig(output="x", episodes=50, seed=3, val_fraction=0.2))
+    b = episode_plan(GenerateConfig(output="x", episodes=60, seed=3, val_fraction=0.2, workers=4))
+    assert [p["split"] for p in a] == [p["split"] for p in b[:50]]
+    assert 3 <= sum(p["split"] == "val" for p in a) <= 20
+    assert len({p["episode_id"] for p in b}) == 60
+
+
+def test_generate_config_errors(capsys):
+    assert main(["sim", "generate", "episodes=2"]) == 2
+    assert "output" in capsys.readouterr().err
+    assert main(["sim", "generate", "output=x", "tasks=[fly]"]) == 2
+    assert "tasks" in capsys.readouterr().err
+
+
+def test_wilson_interval_numbers():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_eval_random_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["sim", "eval", f"output={out}", "episodes=2", "videos_per_task=1", "max_steps=8", *SMALL]
+    assert main([*args, "policy=random"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["families"]) == {"pick", "push"} and res["overall"]["episodes"] == 4
+    assert res["overall"]["successes"] == 0  # 8 random steps never pick or push
+    assert res["overall"]["ci95"] == pytest.approx(list(wilson_interval(0, 4)))
+    assert len(res["videos"]) == 2 and _frames(out / res["videos"][0]) == 9
+    text = capsys.readouterr().out
+    assert format_table(res) in text and "overall" in text
+    assert main([*args, "policy=/no/such/checkpoint.pt"]) == 2
+    assert "Stage 3" in capsys.readouterr().out
