@@ -140,3 +140,30 @@ def test_replacement_can_be_disabled_and_resume_keeps_the_schedule():
     other.load_state_dict(nsvq.state_dict())
     other(x, x + torch.randn_like(x))
     assert int(other.step) == 13 and int(other.codebooks_used.sum()) == 0  # replaced at step 13
+
+
+def test_recent_delta_restart_spreads_a_collapsed_codebook():
+    """With replacement_source="recent_deltas", dead codes restart at deltas of the last batch, so a
+    codebook in which one code wins everything gets distinct, chosen codes again (the reference's
+    copies of the winning code would stay exact duplicates)."""
+    torch.manual_seed(4)
+    nsvq = NSVQ(dim=16, quant_dim=4, codebook_size=8, code_seq_len=4, grid_side=8,
+                replacement_steps=(1,), replacement_source="recent_deltas").train()
+    first, last = torch.randn(4, 64, 16), torch.randn(4, 64, 16)
+    with torch.no_grad():
+        nsvq.codebooks[1:] = 1e3  # only code 0 can win: a collapsed codebook
+    _, indices, _ = nsvq(first, last)  # step 1: replacement
+    assert set(indices.flatten().tolist()) == {0}
+    deltas = nsvq.delta(first, last).detach()
+    book = nsvq.codebooks.detach()
+    for code in book[1:]:  # every restarted code is one of the batch's deltas
+        assert float((deltas - code).abs().amax(dim=1).min()) < 1e-6
+    nsvq.eval()
+    with torch.no_grad():
+        _, after, _ = nsvq(first, last)
+    assert len(set(after.flatten().tolist())) >= 4  # the same deltas now spread over many codes
+
+
+def test_unknown_replacement_source_is_refused():
+    with pytest.raises(ValueError, match="replacement_source"):
+        NSVQ(dim=16, quant_dim=4, codebook_size=8, code_seq_len=4, grid_side=8, replacement_source="x")

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from lapa.config import require
 from lapa.laq.attention import ContinuousPositionBias
-from lapa.laq.nsvq import ACTION_TOKENS, NSVQ, REFERENCE_REPLACEMENT_STEPS, cnn_output_side
+from lapa.laq.nsvq import (ACTION_TOKENS, NSVQ, REFERENCE_REPLACEMENT_STEPS, REPLACEMENT_SOURCES,
+                           cnn_output_side)
 from lapa.laq.transformer import Transformer
 
 PIXEL_CONVENTIONS = ("reference", "signed_tanh")
@@ -55,6 +56,8 @@ class LAQConfig:
     dropout: float = 0.0  # attention and feed-forward dropout (0 in the reference)
     replacement_steps: list[int] = field(default_factory=lambda: list(REFERENCE_REPLACEMENT_STEPS))
     replacement_threshold: float = 0.1
+    # "used_codes": the reference (copies of used codes); "recent_deltas": restart at recent deltas.
+    replacement_source: str = "used_codes"
 
     def __post_init__(self) -> None:
         for key in ("image_size", "patch_size", "channels", "dim", "quant_dim", "spatial_depth",
@@ -76,6 +79,8 @@ class LAQConfig:
         require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
         require(all(int(s) >= 1 for s in self.replacement_steps), "model.replacement_steps",
                 self.replacement_steps, "must be positive step numbers (empty disables replacement)")
+        require(self.replacement_source in REPLACEMENT_SOURCES, "model.replacement_source",
+                self.replacement_source, f"must be one of {REPLACEMENT_SOURCES}")
         require(0.0 <= self.replacement_threshold, "model.replacement_threshold",
                 self.replacement_threshold, "must be >= 0")
 
@@ -210,7 +215,8 @@ class LAQ(_EncoderParts, _DecoderParts, nn.Module):
         self._build_encoder(cfg)
         self.vq = NSVQ(cfg.dim, cfg.quant_dim, cfg.codebook_size, cfg.code_seq_len, cfg.grid_side,
                        replacement_steps=cfg.replacement_steps,
-                       replacement_threshold=cfg.replacement_threshold)
+                       replacement_threshold=cfg.replacement_threshold,
+                       replacement_source=cfg.replacement_source)
         self._build_decoder(cfg)
 
     def _run(self, frames: Tensor, train_vq: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -68,6 +68,9 @@ def perplexity_of(indices: Tensor, codebook_size: int) -> Tensor:
     return torch.exp(-torch.sum(probs * torch.log(probs + 1e-10)))
 
 
+REPLACEMENT_SOURCES = ("used_codes", "recent_deltas")
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -81,12 +84,20 @@ class NSVQ(nn.Module):
         replacement_steps: training steps (counted by this module) after which unused codes are
             replaced; empty disables replacement. replacement_threshold: a code is unused when
             (steps in which it was chosen) / (batch size) < threshold, as in the reference.
+        replacement_source: what an unused code is overwritten with. "used_codes" (the reference): a
+            random used code plus `eps` noise; with eps 1e-12 the copy equals its source in float32,
+            so the copies never win a nearest-code search and a collapsed codebook stays collapsed.
+            "recent_deltas": a random delta of the last training batch (the usual k-means style
+            restart), which spreads the codes over the deltas actually seen.
     """
 
     def __init__(self, dim: int, quant_dim: int, codebook_size: int, code_seq_len: int, grid_side: int,
                  replacement_steps: Sequence[int] = REFERENCE_REPLACEMENT_STEPS,
-                 replacement_threshold: float = 0.1, eps: float = 1e-12) -> None:
+                 replacement_threshold: float = 0.1, eps: float = 1e-12,
+                 replacement_source: str = "used_codes") -> None:
         super().__init__()
+        if replacement_source not in REPLACEMENT_SOURCES:
+            raise ValueError(f"replacement_source={replacement_source!r}: must be one of {REPLACEMENT_SOURCES}")
         side = cnn_output_side(grid_side, code_seq_len)
         if side * side != code_seq_len:
             raise ValueError(f"grid_side={grid_side}: the reference CNN turns it into a {side}x{side} "
@@ -95,6 +106,8 @@ class NSVQ(nn.Module):
         self.grid_side, self.action_side = grid_side, side
         self.replacement_steps = frozenset(int(s) for s in replacement_steps)
         self.replacement_threshold, self.eps = replacement_threshold, eps
+        self.replacement_source = replacement_source
+        self._recent_deltas: Tensor | None = None  # [B*L, q] of the last training step (detached)
         self.project_in = nn.Linear(dim, quant_dim)
         self.project_out = nn.Linear(quant_dim, dim)
         self.codebooks = nn.Parameter(torch.randn(codebook_size, quant_dim))
@@ -155,6 +168,8 @@ class NSVQ(nn.Module):
         noise = torch.randn_like(delta)
         residual = (delta - code).norm(dim=1, keepdim=True)  # gradient path to the chosen codes
         out = delta + (residual / noise.norm(dim=1, keepdim=True) + self.eps) * noise
+        if self.replacement_source == "recent_deltas":
+            self._recent_deltas = delta.detach()
         self._count_usage(indices, first.shape[0])
         perplexity = perplexity_of(indices, self.codebook_size)
         return self.from_codes(out), indices.reshape(-1, self.code_seq_len), perplexity
@@ -197,7 +212,11 @@ class NSVQ(nn.Module):
         unused = torch.nonzero(usage < self.replacement_threshold).flatten()
         used = torch.nonzero(usage >= self.replacement_threshold).flatten()
         book = self.codebooks
-        if used.numel() == 0:
+        if self.replacement_source == "recent_deltas" and self._recent_deltas is not None:
+            if unused.numel():
+                deltas = self._recent_deltas.to(book.dtype)
+                book[unused] = deltas[torch.randint(deltas.shape[0], (unused.numel(),), device=deltas.device)]
+        elif used.numel() == 0:
             book.add_(self.eps * torch.randn_like(book))
         elif unused.numel():
             pick = used[torch.randint(used.numel(), (unused.numel(),), device=used.device)]
