@@ -22,6 +22,7 @@ than the exact continuation of the old one.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,10 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_path = resolve_resume(cfg)
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        # Temporary files of a save that a kill interrupted: never under a final name, safe to drop.
+        for stale in ckpt_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.cluster.resolved_precision() in {"bf16-mixed", "16-mixed"}:
         torch.set_float32_matmul_precision("high")
