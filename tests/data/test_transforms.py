@@ -80,3 +80,19 @@ def test_resizing():
     rgb = np.zeros((30, 20, 3), np.uint8)
     assert ensure_size(rgb, 16).shape == (16, 16, 3)
     assert ensure_size(rgb, None) is rgb
+
+
+def test_uint8_colour_jitter_matches_float_jitter_rounded():
+    """The in-place per-sample uint8 path = the float jitter (same draws) rounded to nearest, in place."""
+    x = pairs(6)
+    ref = ColourJitter(0.3, generator=torch.Generator().manual_seed(1))(x.float(), scale=1.0, limit=255.0)
+    ref = ref.add_(0.5).to(torch.uint8)
+    y = x.clone()
+    out = ColourJitter(0.3, generator=torch.Generator().manual_seed(1)).uint8_(y)
+    assert out.data_ptr() == y.data_ptr() and out.dtype == torch.uint8
+    assert (out.int() - ref.int()).abs().max() <= 1  # float rounding at .5 boundaries only
+    assert (out != ref).float().mean() < 1e-3
+    assert torch.equal(out[:, :, 0], out[:, :, 1]) == torch.equal(x[:, :, 0], x[:, :, 1])
+    assert torch.equal(ColourJitter(0.0).uint8_(x.clone()), x)
+    with pytest.raises(ValueError):
+        ColourJitter(0.1).uint8_(x.float())

@@ -181,6 +181,14 @@ def _reuse_freed_memory() -> None:
         pass
 
 
+def _init_worker(worker_id: int) -> None:
+    """DataLoader worker start: one torch thread per worker (several would fight over the same cores;
+    torch's worker loop sets this too, here it is explicit) and the same malloc tuning as the trainer
+    process, so the per-sample decode outputs and jitter scratch reuse memory under `spawn` as well."""
+    torch.set_num_threads(1)
+    _reuse_freed_memory()
+
+
 class FloatBatches:
     """Iterable over a DataLoader that turns each batch's planar uint8 images into float32 in [0, 1].
 
@@ -305,6 +313,7 @@ class LAPADataModule(L.LightningDataModule):
         return FloatBatches(DataLoader(
             dataset, batch_size=None, num_workers=num_workers,
             persistent_workers=num_workers > 0,  # keeps resampling epochs distinct
+            worker_init_fn=_init_worker if num_workers > 0 else None,
             prefetch_factor=self.cfg.prefetch_factor if num_workers > 0 else None))
 
 
@@ -343,4 +352,5 @@ def frame_pair_loader(shards, batch_size: int, num_workers: int = 0,
         wds.batched(batch_size, collation_fn=_collate_inference, partial=True))
     workers = min(num_workers, len(urls))
     return FloatBatches(DataLoader(dataset, batch_size=None, num_workers=workers,
-                                   prefetch_factor=2 if workers > 0 else None))
+                                   prefetch_factor=2 if workers > 0 else None,
+                                   worker_init_fn=_init_worker if workers > 0 else None))
