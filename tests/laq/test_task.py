@@ -20,12 +20,7 @@ from lapa.laq.optim import (OptimizerConfig, SchedulerConfig, build_optimizer, l
 from lapa.laq.task import CheckpointConfig, LAQTask, TrainingConfig, psnr_from_mse
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(max_steps: int, **kw) -> L.Trainer:

@@ -31,12 +31,7 @@ FAST = ["data.batch_size=4", "data.shuffle_buffer=8", "data.num_workers=0", "tra
         "training.num_vis_rows=2", "training.scheduler.warmup_steps=2", "training.scheduler.total_steps=50"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
