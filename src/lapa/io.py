@@ -37,6 +37,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete the temporary files that `atomic_path` left in `directory` when a kill interrupted a
+    write (never a file under a final name). Call only when no write into `directory` is running.
+    Returns the number removed."""
+    stale = list(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

@@ -182,10 +182,9 @@ def _reuse_freed_memory() -> None:
 
 
 def _init_worker(worker_id: int) -> None:
-    """DataLoader worker start: one torch thread per worker (several would fight over the same cores;
-    torch's worker loop sets this too, here it is explicit) and the same malloc tuning as the trainer
-    process, so the per-sample decode outputs and jitter scratch reuse memory under `spawn` as well."""
-    torch.set_num_threads(1)
+    """DataLoader worker start: the same malloc tuning as the trainer process, so the per-sample decode
+    outputs and jitter scratch reuse memory under `spawn` as well (torch's worker loop already limits
+    each worker to one thread)."""
     _reuse_freed_memory()
 
 

@@ -136,15 +136,20 @@ class ColourJitter:
             raise ValueError(f"expected [B, 3, T, H, W], got {list(x.shape)}")
         if self.strength == 0:
             return x.mul_(scale) if scale != 1.0 else x
-        b, s = x.shape[0], self.strength
-        fb, fc, fs = (1 - s + 2 * s * torch.rand(b, generator=self.generator) for _ in range(3))
-        r, g, bl = _LUMA
+        b, (r, g, bl) = x.shape[0], _LUMA
         luma = (x[:, 0] * (r * scale)).add_(x[:, 1], alpha=g * scale).add_(x[:, 2], alpha=bl * scale)
         mean = luma[:, :, ::4, ::4].mean(dim=(1, 2, 3))  # [B]; a subsample is plenty for the mean
+        gain, luma_gain, offset = self._coefficients(b, mean)
         view = (b, 1, 1, 1)
-        luma.mul_(((1 - fs) * fc * fb).view(view)).add_(((1 - fc) * fb * mean).view(view))
-        gain = (fs * fc * fb * scale).view(b, 1, 1, 1, 1)
-        return x.mul_(gain).add_(luma.unsqueeze(1)).clamp_(0, limit)
+        luma.mul_(luma_gain.view(view)).add_(offset.view(view))
+        return x.mul_((gain * scale).view(b, 1, 1, 1, 1)).add_(luma.unsqueeze(1)).clamp_(0, limit)
+
+    def _coefficients(self, b: int, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw f_b, f_c, f_s per sample; return (gain, luma_gain, offset), each [B], of
+        out = gain x + luma_gain luma(x) + offset (the composed formula in the class docstring)."""
+        s = self.strength
+        fb, fc, fs = (1 - s + 2 * s * torch.rand(b, generator=self.generator) for _ in range(3))
+        return fs * fc * fb, (1 - fs) * fc * fb, (1 - fc) * fb * mean
 
     def uint8_(self, x: torch.Tensor) -> torch.Tensor:
         """The same jitter in place on planar uint8 `[B, 3, T, H, W]` (0..255, rounded to nearest).
@@ -158,12 +163,11 @@ class ColourJitter:
             raise ValueError(f"expected uint8 [B, 3, T, H, W], got {x.dtype} {list(x.shape)}")
         if self.strength == 0:
             return x
-        b, s = x.shape[0], self.strength
-        fb, fc, fs = (1 - s + 2 * s * torch.rand(b, generator=self.generator) for _ in range(3))
+        b = x.shape[0]
         mean = x[:, :, :, ::4, ::4].float().mean(dim=(2, 3, 4)) @ torch.tensor(_LUMA)  # [B] luma mean
-        luma_gain = ((1 - fs) * fc * fb).tolist()
-        offset = ((1 - fc) * fb * mean + 0.5).tolist()  # + 0.5: round, not truncate, on the way back
-        gain = (fs * fc * fb).tolist()
+        gain, luma_gain, offset = self._coefficients(b, mean)
+        # + 0.5: round, not truncate, on the way back to uint8
+        gain, luma_gain, offset = gain.tolist(), luma_gain.tolist(), (offset + 0.5).tolist()
         f = torch.empty(x.shape[1:], dtype=torch.float32)
         luma = torch.empty(x.shape[2:], dtype=torch.float32)
         r, g, bl = _LUMA

@@ -22,7 +22,6 @@ than the exact continuation of the old one.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from lapa.config import ClusterConfig, require, to_dict, to_yaml
 from lapa.data.datamodule import DataConfig, LAPADataModule
-from lapa.io import write_json_atomic, write_text_atomic
+from lapa.io import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from lapa.laq import LAQConfig, save_model
 from lapa.laq.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, ReconstructionGrid, SeedPerBatch
 from lapa.laq.task import LAQTask, TrainingConfig
@@ -182,14 +181,13 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     """
     import lightning as L
     from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
+    from lightning.pytorch.utilities import rank_zero_only
 
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_path = resolve_resume(cfg)
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-        # Temporary files of a save that a kill interrupted: never under a final name, safe to drop.
-        for stale in ckpt_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+    if rank_zero_only.rank == 0:  # only rank 0 writes checkpoints; nothing is saving yet
+        remove_stale_temporaries(ckpt_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.cluster.resolved_precision() in {"bf16-mixed", "16-mixed"}:
         torch.set_float32_matmul_precision("high")
