@@ -115,6 +115,21 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert steps and min(steps) >= 4
 
 
+def test_resume_after_a_kill_between_periodic_and_last_save_rotates_cleanly(tmp_path):
+    """A kill after `step_4.ckpt` was written but before `last.ckpt` was updated leaves an orphan newer
+    than the resumed state: the resumed run replaces it and keeps exactly `keep_periodic` files."""
+    frames, _ = moving_square_pairs(16, seed=5)
+    out = tmp_path / "run"
+    assert run(_in_memory_cfg(out, 4), PairDataModule(frames, frames[:8], batch_size=8)) == 0
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.ckpt")) == ["step_00000002.ckpt", "step_00000004.ckpt"]
+    (ckpts / "last.ckpt").write_bytes((ckpts / "step_00000002.ckpt").read_bytes())  # the kill's state
+
+    assert run(_in_memory_cfg(out, 6, resume="auto"), PairDataModule(frames, frames[:8], batch_size=8)) == 0
+    assert sorted(p.name for p in ckpts.glob("step_*.ckpt")) == ["step_00000004.ckpt", "step_00000006.ckpt"]
+    assert torch.load(ckpts / "step_00000004.ckpt", weights_only=True)["global_step"] == 4
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():

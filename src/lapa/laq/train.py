@@ -2,7 +2,7 @@
 
 Writes into `output_dir`:
     config.yaml              the resolved config of the run (also stored inside every checkpoint)
-    checkpoints/last.ckpt    the newest state (on every periodic save, every validation and at the end)
+    checkpoints/last.ckpt    the newest state (on every periodic save and at the end)
     checkpoints/best.ckpt    lowest val/loss_recon so far
     checkpoints/step_N.ckpt  periodic, the newest `training.checkpoint.keep_periodic` kept
     logs/                    CSV / TensorBoard / W&B logs (`logger=`)
@@ -22,6 +22,7 @@ than the exact continuation of the old one.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,28 @@ def resolve_resume(cfg: TrainLAQConfig) -> str | None:
     return str(cfg.resume)
 
 
+def drop_checkpoints_after(ckpt_dir: Path, step: int) -> list[Path]:
+    """Delete periodic checkpoints `step_N*.ckpt` with N > `step`; returns the deleted paths.
+
+    A run killed between writing `step_N.ckpt` and `last.ckpt` leaves a periodic checkpoint newer than the
+    state it resumes from. The resumed run replays those steps and writes them again, and the periodic
+    callback's bookkeeping (restored from the checkpoint) does not know the orphan, so it would never be
+    rotated out. Call on rank 0 before training starts.
+    """
+    dropped = []
+    for path in sorted(ckpt_dir.glob("step_*.ckpt")):
+        match = re.fullmatch(r"step_(\d+)(-v\d+)?\.ckpt", path.name)
+        if match and int(match.group(1)) > step:
+            path.unlink(missing_ok=True)
+            dropped.append(path)
+    return dropped
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The global step stored in a Lightning checkpoint (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
 def _make_logger(cfg: TrainLAQConfig) -> Any:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
@@ -130,7 +153,12 @@ def _checkpoint_callbacks(cfg: TrainLAQConfig, ckpt_dir: Path) -> tuple[list, An
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="step_{step:08d}", auto_insert_metric_name=False,
             every_n_train_steps=ck.every_n_steps, save_top_k=ck.keep_periodic, monitor="step",
-            mode="max", save_last=True))
+            mode="max", save_last=True,
+            # A replayed step overwrites its file instead of adding `step_N-v1.ckpt` beside it.
+            enable_version_counter=False,
+            # Save on the step itself: "step" is never stale, so Lightning must not defer a save that
+            # falls on an epoch's last batch to a validation that may not run at that step.
+            save_on_train_epoch_end=True))
     best = None
     if ck.save_best:
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
@@ -188,6 +216,9 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     ckpt_path = resolve_resume(cfg)
     if rank_zero_only.rank == 0:  # only rank 0 writes checkpoints; nothing is saving yet
         remove_stale_temporaries(ckpt_dir)
+        if ckpt_path:
+            for path in drop_checkpoints_after(ckpt_dir, checkpoint_step(ckpt_path)):
+                log.info("removed %s: newer than the resumed state, it will be written again", path.name)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.cluster.resolved_precision() in {"bf16-mixed", "16-mixed"}:
         torch.set_float32_matmul_precision("high")
