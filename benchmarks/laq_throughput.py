@@ -16,6 +16,12 @@ The published implementation, measured on the development machine with 2 threads
 33.8 samples/s (tiny) and 6.5 samples/s (medium); the "vs published" column divides by those.
 `--compare-reference-ops` also times the published implementation's ops (Conv3d PEG, all-pairs position
 bias, einsum attention) in the same process: a ratio that survives a busy machine.
+`--published-setup` also times the published implementation's whole training setup on the same device:
+its ops, fp32 without TF32 matmuls, plain Adam (betas 0.9, 0.99), no compile (the reference recipe of
+LAQ_REFERENCE.md); on a GPU that is the baseline of the "2x the published implementation" target.
+
+    python benchmarks/laq_throughput.py --device cuda --sizes tiny,medium,paper --published-setup
+    python benchmarks/laq_throughput.py --device cuda --compile --published-setup --gpu-batch 32
 """
 
 from __future__ import annotations
@@ -103,6 +109,12 @@ def reference_ops(enabled: bool):
             setattr(cls, name, fn)
 
 
+def published_setup_optimizer(params) -> torch.optim.Optimizer:
+    """The reference recipe's optimiser (LAQ_REFERENCE.md): Adam, betas (0.9, 0.99), PyTorch's default
+    (foreach) implementation."""
+    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.99))
+
+
 def forward_flops(model: LAQ, frames: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -129,20 +141,25 @@ def timed(fn, device: torch.device, warmup: int, min_steps: int, min_seconds: fl
     return time.perf_counter() - start, steps
 
 
-def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dict:
+def bench_size(size: str, device: torch.device, args: argparse.Namespace, published: bool = False) -> dict:
+    """Train and inference rates of one size. `published=True` measures the published implementation's
+    setup on the same device: its ops (`reference_ops`), fp32 without TF32 matmuls, plain Adam, eager."""
     cfg, batch = config_for(size)
-    if device.type == "cuda" and size == "paper":
-        batch = args.gpu_paper_batch
+    if device.type == "cuda":
+        batch = args.gpu_paper_batch if size == "paper" else (args.gpu_batch or batch)
     torch.manual_seed(0)
     model = LAQ(cfg).to(device)
     frames = torch.rand(batch, 3, 2, cfg.image_size, cfg.image_size, device=device)
-    flops = forward_flops(model, frames[:1]) if device.type == "cpu" else forward_flops(model.cpu(), frames[:1].cpu())
+    flops = forward_flops(model.cpu(), frames[:1].cpu())
     model.to(device)
-    run_model = torch.compile(model) if args.compile else model
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not args.fp32
-                else nullcontext())
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                            fused=True)
+    bf16 = device.type == "cuda" and not args.fp32 and not published
+    run_model = torch.compile(model, mode=args.compile_mode) if args.compile and not published else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = published_setup_optimizer(params) if published else torch.optim.AdamW(params, lr=1e-4, fused=True)
+    tf32 = device.type == "cuda" and not published
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
     def train_step() -> None:
         with autocast:
@@ -152,20 +169,29 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dic
         opt.zero_grad(set_to_none=True)
 
     row: dict = {"size": size, "device": str(device), "batch": batch, "config": vars(cfg).copy(),
-                 "gflop_per_sample_fwd": flops / 1e9}
+                 "gflop_per_sample_fwd": flops / 1e9,
+                 "setup": "published" if published else
+                 ("bf16" if bf16 else "fp32") + (" compiled" if args.compile else "")}
     row["config"].pop("replacement_steps")
-    if not args.infer_only and size not in args.skip_train:
-        model.train()
-        seconds, steps = timed(train_step, device, args.warmup, args.steps, args.min_seconds)
-        row["train_samples_per_s"] = batch * steps / seconds
-    model.eval()
+    try:
+        with reference_ops(published):
+            if not args.infer_only and size not in args.skip_train:
+                model.train()
+                seconds, steps = timed(train_step, device, args.warmup, args.steps, args.min_seconds)
+                row["train_samples_per_s"] = batch * steps / seconds
+            model.eval()
 
-    def infer_step() -> None:
-        with torch.inference_mode(), autocast:
-            run_model(frames)
+            def infer_step() -> None:
+                with torch.inference_mode(), autocast:
+                    run_model(frames)
 
-    seconds, steps = timed(infer_step, device, args.warmup, args.steps, args.min_seconds)
-    row["infer_pairs_per_s"] = batch * steps / seconds
+            seconds, steps = timed(infer_step, device, args.warmup, args.steps, args.min_seconds)
+            row["infer_pairs_per_s"] = batch * steps / seconds
+            if device.type == "cuda":
+                row["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
@@ -209,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-reference-ops", action="store_true",
                         help="also time each size with the published implementation's ops (Conv3d PEG, "
                         "all-pairs position bias, einsum attention) in the same process, for a ratio")
+    parser.add_argument("--published-setup", action="store_true",
+                        help="also time the published implementation's whole setup in the same process: its "
+                        "ops, fp32 (no TF32), plain Adam, no compile; the ratio is 'vs published setup'")
+    parser.add_argument("--gpu-batch", type=int, default=0, help="batch of tiny/medium on GPU (0: the issue's 8)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead, ...)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args(argv)
     args.skip_train = {s for s in args.skip_train.split(",") if s}
@@ -224,26 +255,31 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     rows = []
     for size in sizes:
-        row, ref = {}, {}
+        row, ref, pub = {}, {}, {}
         for _ in range(args.repeats):  # interleaved; the best of each survives a busy machine better
             row = best_of(row, bench_size(size, device, args))
             if args.compare_reference_ops:
                 with reference_ops(True):
                     ref = best_of(ref, bench_size(size, device, args))
-        if args.compare_reference_ops:
+            if args.published_setup:
+                pub = best_of(pub, bench_size(size, device, args, published=True))
+        for name, other in (("reference_ops", ref), ("published_setup", pub)):
+            if not other:
+                continue
             for key in ("train_samples_per_s", "infer_pairs_per_s"):
                 if key in row:
-                    row[f"reference_ops_{key}"] = ref[key]
+                    row[f"{name}_{key}"] = other[key]
             if "train_samples_per_s" in row:
-                row["vs_reference_ops"] = row["train_samples_per_s"] / ref["train_samples_per_s"]
+                row[f"vs_{name}"] = row["train_samples_per_s"] / other["train_samples_per_s"]
+            row[f"vs_{name}_infer"] = row["infer_pairs_per_s"] / other["infer_pairs_per_s"]
         rows.append(row)
         if not args.json:
             print(f"  measured {size}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {args.threads} threads") + (", compiled" if args.compile else "")
+    where = (torch.cuda.get_device_name(device) + ("" if args.fp32 else ", bf16 autocast")
+             if device.type == "cuda" else f"CPU, {args.threads} threads") + (", compiled" if args.compile else "")
     print(f"LAQ throughput on {where}; torch {torch.__version__}")
     print(f"{'size':<8}{'batch':>6}{'GFLOP/sample':>14}{'train samples/s':>17}{'infer pairs/s':>15}  {'extra'}")
     for r in rows:
@@ -252,10 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             extra = f"{r['vs_published']:.2f}x published"
         if "vs_reference_ops" in r:
             extra += f" {r['vs_reference_ops']:.2f}x ref-ops ({r['reference_ops_train_samples_per_s']:.1f})"
+        if "vs_published_setup" in r:
+            extra += (f" {r['vs_published_setup']:.2f}x train / {r['vs_published_setup_infer']:.2f}x infer vs"
+                      f" published setup ({r['published_setup_train_samples_per_s']:.1f} /"
+                      f" {r['published_setup_infer_pairs_per_s']:.1f})")
         if "train_mfu" in r:
-            extra = f"MFU train {100 * r['train_mfu']:.1f}%"
-        elif "infer_mfu" in r:
-            extra = f"MFU infer {100 * r['infer_mfu']:.1f}%"
+            extra += f" MFU train {100 * r['train_mfu']:.1f}%"
+        if "infer_mfu" in r:
+            extra += f" MFU infer {100 * r['infer_mfu']:.1f}%"
         train = f"{r['train_samples_per_s']:.1f}" if "train_samples_per_s" in r else "-"
         print(f"{r['size']:<8}{r['batch']:>6}{r['gflop_per_sample_fwd']:>14.2f}{train:>17}"
               f"{r['infer_pairs_per_s']:>15.1f}  {extra}")

@@ -231,3 +231,50 @@ def test_reconstruction_grid_writes_png_and_sends_to_tensorboard(tmp_path, monke
     assert cb.last_path == tmp_path / "recon" / "step_00000007.png"
     assert np.asarray(Image.open(cb.last_path)).shape == (3 * 66 + 2, 3 * 66 + 2, 3)
     assert sent == [("val/reconstructions", (3, 3 * 66 + 2, 3 * 66 + 2), 7)]
+
+
+def test_gradient_clipping_works_with_a_fused_optimizer_under_bf16_mixed(monkeypatch):
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimiser (found on an H100 with
+    bf16-mixed, where build_optimizer picks the fused AdamW); LAQTask clips itself when nothing is scaled.
+    Reproduced on CPU, where bf16-mixed autocast and fused AdamW also exist."""
+    import lapa.laq.task as task_module
+
+    norms = []
+
+    class RecordingAdamW(torch.optim.AdamW):  # the gradient norm that the step sees (after clipping)
+        def step(self, closure=None):
+            loss = closure() if closure is not None else None
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            super().step()
+            return loss
+
+    monkeypatch.setattr(task_module, "build_optimizer",
+                        lambda model, cfg: RecordingAdamW(model.parameters(), lr=cfg.lr, fused=True))
+    frames, _ = moving_square_pairs(8, seed=1)
+    task = LAQTask(tiny_model_config(), TrainingConfig(max_steps=2))
+    trainer = _trainer(2, precision="bf16-mixed", gradient_clip_val=1e-3)
+    trainer.fit(task, datamodule=PairDataModule(frames, batch_size=4))
+    assert trainer.global_step == 2 and len(norms) == 2
+    assert all(n <= 1e-3 * 1.01 for n in norms)  # clipped (unclipped norms are far above 1e-3)
+
+
+def test_position_bias_reaches_attention_with_a_unit_stride_last_dimension(monkeypatch):
+    """The fused GPU attention kernels (memory-efficient, cuDNN) refuse a mask whose last dimension is
+    strided and fall back to the slow math kernel (found on an H100): every mask must have stride 1."""
+    import torch.nn.functional as F
+
+    strides = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            strides.append(attn_mask.stride(-1))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    task = LAQTask(tiny_model_config(heads=2), TrainingConfig())
+    frames, _ = moving_square_pairs(2, seed=1)
+    with torch.no_grad():
+        task.model(frames)
+    assert strides and set(strides) == {1}

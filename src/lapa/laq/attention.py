@@ -132,7 +132,8 @@ class ContinuousPositionBias(nn.Module):
         ys = torch.arange(h, device=weight.device).repeat_interleave(w)
         xs = torch.arange(w, device=weight.device).repeat(h)
         index = (ys[:, None] - ys[None, :] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None, :] + w - 1)
-        return table[index].permute(2, 0, 1)  # [heads, hw, hw]
+        # Contiguous: the fused GPU attention kernels need a mask whose last dimension has stride 1.
+        return table[index].permute(2, 0, 1).contiguous()  # [heads, hw, hw]
 
 
 class Attention(nn.Module):

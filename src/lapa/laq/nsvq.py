@@ -182,6 +182,7 @@ class NSVQ(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # Dead-code replacement
     # ------------------------------------------------------------------------------------------------
+    @torch.compiler.disable  # host-side schedule and DDP collectives: run eagerly under torch.compile
     @torch.no_grad()
     def _count_usage(self, indices: Tensor, batch_size: int) -> None:
         """Count this step's usage (at least once per step), replace dead codes on the schedule."""

@@ -19,6 +19,7 @@ the model from the checkpoint alone (docs/contracts.md, "LAQ model").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,9 +200,31 @@ class LAQTask(L.LightningModule):
             # In place (nn.Module.compile): parameter names, hence checkpoint keys, stay `model.*`.
             self.model.compile()
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip directly unless a gradient scaler (16-mixed) is active.
+
+        Lightning's mixed-precision plugin refuses to clip for a fused optimiser even under bf16, where
+        nothing is scaled; fp32 and bf16 gradients are true gradients, so clipping them here is exact.
+        """
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)  # unscales first
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> dict:
         cfg = self.training_cfg
-        optimizer = build_optimizer(self.model, cfg.optimizer)
+        optimizer_cfg = cfg.optimizer
+        if self.trainer.precision == "16-mixed" and cfg.gradient_clip_val:
+            # A fused optimiser unscales inside its step, after clipping would have run: use foreach.
+            optimizer_cfg = dataclasses.replace(optimizer_cfg, fused=False)
+        optimizer = build_optimizer(self.model, optimizer_cfg)
         total = cfg.scheduler.total_steps
         if total is None:
             total = self.trainer.estimated_stepping_batches
