@@ -155,3 +155,37 @@ def test_ddp_two_cpu_ranks_equal_batch_counts(tmp_path):
     # 21 samples, 2 ranks x batch 2 -> 5 batches per rank; 2 workers -> ceil(5/2)=3 each -> 6 per epoch.
     assert counts[0]["batches"] == counts[1]["batches"] == [6, 6]
     assert counts[0]["shape"] == [2, 3, 2, 16, 16]
+
+
+def test_worker_buffers_are_reused_only_after_release():
+    buffers = dm._SharedBuffers(limit=2)
+    a, flag_a = buffers.take((2, 3))
+    b, _ = buffers.take((2, 3))
+    assert a.data_ptr() != b.data_ptr() and int(flag_a) == 0  # a still in use: a fresh buffer
+    flag_a.fill_(1)  # released by the trainer process (FloatBatches)
+    c, flag_c = buffers.take((2, 3))
+    assert c.data_ptr() == a.data_ptr() and int(flag_c) == 0
+    d, flag_d = buffers.take((2, 3))  # none free: a fresh one, kept in place of the oldest
+    assert d.data_ptr() not in (a.data_ptr(), b.data_ptr()) and len(buffers.buffers) == 2
+    flag_d.fill_(1)
+    assert buffers.take((2, 3))[0].data_ptr() == d.data_ptr()
+
+
+def test_batches_through_reused_worker_buffers_stay_intact(tmp_path):
+    make_pair_shards(tmp_path, shards=2, per_shard=12)
+    cfg = data_cfg(tmp_path, batch_size=2, num_workers=1, shuffle_buffer=0, shard_shuffle=False,
+                   prefetch_factor=1)
+    loader = LAPADataModule(cfg, "laq").train_dataloader()
+    assert ids_of(loader) == list(range(24))  # 12 batches through 3 buffers: none overwritten early
+    raw = [b for b in loader.loader]  # the bare DataLoader never releases: every batch a fresh buffer
+    assert [sample_id(f[:, 0].float() / 255) for b in raw for f in b["frames"]] == list(range(24))
+    assert all(set(b) == {"frames"} for b in loader)
+
+
+def test_mixed_sizes_without_image_size_are_skipped(tmp_path):
+    make_pair_shards(tmp_path / "a", shards=1, per_shard=3, size=16)
+    make_pair_shards(tmp_path / "b", shards=1, per_shard=2, size=24)
+    before = dm.skipped_samples().get("frame size mismatch", 0)
+    batches = list(frame_pair_loader([tmp_path / "a", tmp_path / "b"], batch_size=8))
+    assert [b["frames"].shape for b in batches] == [(3, 3, 2, 16, 16)]
+    assert dm.skipped_samples().get("frame size mismatch", 0) - before == 2

@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from lapa.data.transforms import ColourJitter, PairAugment, ensure_size, stack_planar, to_float
+from lapa.data.transforms import ColourJitter, PairAugment, ensure_size, to_float
 
 
-def test_stack_planar_layout_flip_and_float():
+def test_to_float_plain_and_flipped():
     g = torch.Generator().manual_seed(0)
-    imgs = torch.randint(0, 256, (3, 2, 5, 7, 3), generator=g, dtype=torch.uint8).numpy()
-    flips = np.array([False, True, False])
-    x = stack_planar([(s[0], s[1]) for s in imgs], flips)
-    assert x.shape == (3, 3, 2, 5, 7) and x.dtype == torch.uint8
-    assert x[0, 2, 1, 4, 6] == imgs[0, 1, 4, 6, 2]
-    assert x[1, 2, 1, 4, 0] == imgs[1, 1, 4, 6, 2]  # mirrored: column 0 <- column 6
+    x = torch.randint(0, 256, (3, 3, 2, 5, 7), generator=g, dtype=torch.uint8)
     y = to_float(x)
-    assert y.dtype == torch.float32 and torch.allclose(y * 255, x.float())
-    with pytest.raises(ValueError, match="different sizes"):
-        stack_planar([(imgs[0, 0],), (imgs[0, 0][:4],)])
+    assert y.shape == x.shape and y.dtype == torch.float32 and torch.allclose(y * 255, x.float())
+    aug = PairAugment(hflip=True, generator=torch.Generator().manual_seed(1))
+    flips = PairAugment(hflip=True, generator=torch.Generator().manual_seed(1)).flips(3)
+    z = to_float(x, aug)
+    for i in range(3):
+        expected = x[i].flip(-1) if flips[i] else x[i]  # mirrored: column 0 <- column 6
+        assert torch.allclose(z[i] * 255, expected.float())
 
 
 def pairs(b: int, seed: int = 0) -> torch.Tensor:
@@ -32,12 +31,12 @@ def pairs(b: int, seed: int = 0) -> torch.Tensor:
 
 def test_flips_are_per_sample_and_shared_by_both_frames():
     aug = PairAugment(hflip=True, generator=torch.Generator().manual_seed(0))
-    flips = aug.flips(200)
+    flips = PairAugment(hflip=True, generator=torch.Generator().manual_seed(0)).flips(200)
     assert flips.dtype == bool and 70 <= flips.sum() <= 130
-    frame = np.arange(12, dtype=np.uint8).reshape(1, 4, 3).repeat(2, 0)  # [2, 4, 3]
-    x = stack_planar([(frame, frame)] * 200, flips)
+    frame = torch.arange(12, dtype=torch.uint8).reshape(1, 1, 1, 3, 4).expand(200, 3, 2, 3, 4)
+    x = to_float(frame.contiguous(), aug)
     assert torch.equal(x[:, :, 0], x[:, :, 1])
-    assert [bool(x[i, 0, 0, 0, 0] == 9) for i in range(200)] == flips.tolist()
+    assert [round(float(x[i, 0, 0, 0, 0]) * 255) == 3 for i in range(200)] == flips.tolist()
     assert PairAugment(hflip=False).flips(8) is None
 
 
@@ -47,6 +46,8 @@ def test_erasing_same_rectangle_and_noise_in_both_frames():
     assert torch.equal(out[:, :, 0], out[:, :, 1])
     assert all(not torch.equal(out[i], x[i]) for i in range(32))
     assert torch.equal(PairAugment(erasing=0.0).erase(x.clone()), x)
+    floats = PairAugment(erasing=1.0, generator=torch.Generator().manual_seed(0)).erase(to_float(x))
+    torch.testing.assert_close(floats, to_float(out))  # float batches get the same noise, in [0, 1]
 
 
 def test_colour_jitter_same_on_both_frames_and_in_range():
@@ -82,17 +83,13 @@ def test_resizing():
     assert ensure_size(rgb, None) is rgb
 
 
-def test_uint8_colour_jitter_matches_float_jitter_rounded():
-    """The in-place per-sample uint8 path = the float jitter (same draws) rounded to nearest, in place."""
+def test_fused_conversion_matches_float_jitter():
+    """to_float with jitter (one pass per sample from uint8) = float conversion, then the float jitter."""
     x = pairs(6)
-    ref = ColourJitter(0.3, generator=torch.Generator().manual_seed(1))(x.float(), scale=1.0, limit=255.0)
-    ref = ref.add_(0.5).to(torch.uint8)
-    y = x.clone()
-    out = ColourJitter(0.3, generator=torch.Generator().manual_seed(1)).uint8_(y)
-    assert out.data_ptr() == y.data_ptr() and out.dtype == torch.uint8
-    assert (out.int() - ref.int()).abs().max() <= 1  # float rounding at .5 boundaries only
-    assert (out != ref).float().mean() < 1e-3
-    assert torch.equal(out[:, :, 0], out[:, :, 1]) == torch.equal(x[:, :, 0], x[:, :, 1])
-    assert torch.equal(ColourJitter(0.0).uint8_(x.clone()), x)
-    with pytest.raises(ValueError):
-        ColourJitter(0.1).uint8_(x.float())
+    ref = ColourJitter(0.3, generator=torch.Generator().manual_seed(1))(x.float(), scale=1 / 255)
+    aug = PairAugment(hflip=False, jitter=0.3, generator=torch.Generator().manual_seed(1))
+    out = to_float(x, aug)
+    torch.testing.assert_close(out, ref)
+    assert torch.equal(out[:, :, 0], out[:, :, 1])
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(to_float(x, PairAugment(hflip=False)), to_float(x))

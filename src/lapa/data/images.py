@@ -40,6 +40,32 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def decode_jpeg_into(data: bytes, out: np.ndarray) -> bool:
+    """Decode straight into `out` (uint8 `[H, W, 3]`, C-contiguous, e.g. a reused buffer), without an
+    intermediate array. False when simplejpeg cannot read the image or it is not `H x W` (then decode
+    with `decode_jpeg`; `out` may hold part of a failed decode)."""
+    if simplejpeg is None:
+        return False
+    try:
+        if tuple(simplejpeg.decode_jpeg_header(data)[:2]) != out.shape[:2]:
+            return False
+        simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+        return True
+    except ValueError:
+        return False
+
+
+def encoded_image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of encoded image bytes, from the header only."""
+    if simplejpeg is not None:
+        try:
+            return tuple(simplejpeg.decode_jpeg_header(data)[:2])
+        except ValueError:
+            pass
+    with Image.open(io.BytesIO(data)) as img:
+        return img.height, img.width
+
+
 def resize_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize so the shorter side is `size` (area-averaging when shrinking), then centre-crop to square."""
     h, w = rgb.shape[:2]
