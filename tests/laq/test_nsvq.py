@@ -122,6 +122,30 @@ def test_dead_code_is_revived_on_schedule():
     assert float(book[5].abs().max()) < 100  # no longer far from the data: it can be chosen again
 
 
+def test_gradient_accumulation_counts_optimiser_steps_and_their_whole_batch(monkeypatch):
+    """Micro-batches that do not end an optimiser step only add to the step's usage: a code counts once
+    per step if any micro-batch chose it, the schedule advances per step, and the usage threshold
+    divides by the samples of the whole step."""
+    torch.manual_seed(4)
+    nsvq = NSVQ(dim=16, quant_dim=4, codebook_size=8, code_seq_len=4, grid_side=8,
+                replacement_steps=(2,)).train()
+    seen_batch = []
+    replace = nsvq.replace_unused_codes
+    monkeypatch.setattr(nsvq, "replace_unused_codes", lambda b: seen_batch.append(b) or replace(b))
+    xs = [torch.randn(3, 64, 16) for _ in range(4)]
+    chosen = []
+    for i, x in enumerate(xs):  # 2 optimiser steps of 2 micro-batches (3 samples each)
+        nsvq.step_ends = i % 2 == 1
+        chosen.append(set(nsvq(x, x + torch.randn_like(x))[1].flatten().tolist()))
+        if i == 0:
+            assert int(nsvq.step) == 0 and int(nsvq.codebooks_used.sum()) == 0  # held, not counted
+        if i == 1:
+            assert int(nsvq.step) == 1
+            assert {k for k in range(8) if nsvq.codebooks_used[k]} == chosen[0] | chosen[1]
+            assert int(nsvq.codebooks_used.max()) == 1  # once per optimiser step, not per micro-batch
+    assert int(nsvq.step) == 2 and seen_batch == [6]  # replaced at step 2, threshold over 6 samples
+
+
 def test_no_used_code_only_jitters_the_codebook():
     nsvq = NSVQ(dim=16, quant_dim=4, codebook_size=8, code_seq_len=4, grid_side=8)
     before = nsvq.codebooks.detach().clone()

@@ -278,3 +278,11 @@ def test_position_bias_reaches_attention_with_a_unit_stride_last_dimension(monke
     with torch.no_grad():
         task.model(frames)
     assert strides and set(strides) == {1}
+
+
+def test_gradient_accumulation_advances_the_nsvq_schedule_per_optimizer_step():
+    frames, _ = moving_square_pairs(12, seed=2)
+    task = LAQTask(tiny_model_config(), TrainingConfig(max_steps=3))
+    trainer = _trainer(3, accumulate_grad_batches=2)
+    trainer.fit(task, datamodule=PairDataModule(frames, batch_size=2))  # 6 batches: 3 optimiser steps
+    assert trainer.global_step == 3 and int(task.model.vq.step) == 3

@@ -119,6 +119,12 @@ class NSVQ(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._host_step: int | None = None
         self.register_load_state_dict_post_hook(NSVQ._forget_host_step)
+        # Gradient accumulation: a trainer sets `step_ends = False` for the micro-batches that do not end
+        # an optimiser step. Their usage is held in `_pending` ([K] used-at-least-once flags, then the
+        # samples seen) and counted with the step's last micro-batch, so the schedule and the batch
+        # size of the usage threshold are in optimiser steps, as in the reference.
+        self.step_ends = True
+        self._pending: Tensor | None = None
 
     @staticmethod
     def _forget_host_step(module: nn.Module, incompatible_keys: object) -> None:
@@ -185,10 +191,19 @@ class NSVQ(nn.Module):
     @torch.compiler.disable  # host-side schedule and DDP collectives: run eagerly under torch.compile
     @torch.no_grad()
     def _count_usage(self, indices: Tensor, batch_size: int) -> None:
-        """Count this step's usage (at least once per step), replace dead codes on the schedule."""
+        """Count this step's usage (at least once per step), replace dead codes on the schedule.
+
+        With gradient accumulation (`step_ends` False) only remember the usage of this micro-batch."""
         used = torch.zeros(self.codebook_size + 1, dtype=torch.long, device=indices.device)
         used[indices] = 1
         used[-1] = batch_size
+        if self._pending is not None:  # earlier micro-batches of this optimiser step
+            used[:-1] = torch.maximum(used[:-1], self._pending[:-1])
+            used[-1] += self._pending[-1]
+        if not self.step_ends:
+            self._pending = used
+            return
+        self._pending = None
         if _world_size() > 1:
             dist.all_reduce(used)  # identical counts (and the global batch) on every rank
         self.codebooks_used += used[:-1]

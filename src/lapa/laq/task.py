@@ -130,6 +130,10 @@ class LAQTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames = batch["frames"]
+        # The NSVQ counts optimiser steps: tell it whether this micro-batch ends one (Lightning steps
+        # every `accumulate_grad_batches` batches and at the end of an epoch).
+        every = self.trainer.accumulate_grad_batches
+        self.model.vq.step_ends = every == 1 or (batch_idx + 1) % every == 0 or bool(self.trainer.is_last_batch)
         out = self.model(frames)
         with torch.no_grad():
             sq, sq_copy = self._errors(frames, out.recon)
