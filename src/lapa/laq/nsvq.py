@@ -57,13 +57,18 @@ def cnn_output_side(grid_side: int, code_seq_len: int) -> int:
     return (side + 2 - 3) // 2 + 1
 
 
+def code_counts(indices: Tensor, codebook_size: int) -> Tensor:
+    """How often each code occurs in `indices` (any shape): float `[K]`.
+
+    scatter_add rather than bincount: bincount syncs with the host on CUDA to size its output."""
+    flat = indices.flatten()
+    ones = torch.ones_like(flat, dtype=torch.float)
+    return torch.zeros(codebook_size, device=flat.device).scatter_add_(0, flat, ones)
+
+
 def perplexity_of(indices: Tensor, codebook_size: int) -> Tensor:
     """exp(entropy) of the code histogram of `indices` (any shape), as the reference computes it."""
-    flat = indices.flatten()
-    # scatter_add rather than bincount: bincount syncs with the host on CUDA to size its output.
-    ones = torch.ones_like(flat, dtype=torch.float)
-    counts = torch.zeros(codebook_size, device=flat.device).scatter_add_(0, flat, ones)
-    probs = counts / flat.numel()
+    probs = code_counts(indices, codebook_size) / indices.numel()
     return torch.exp(-torch.sum(probs * torch.log(probs + 1e-10)))
 
 

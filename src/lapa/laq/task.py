@@ -30,6 +30,7 @@ import torch
 from lapa.config import require, to_dict, to_schema
 from lapa.laq import LAQ, LAQConfig
 from lapa.laq.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from lapa.laq.nsvq import code_counts
 
 
 @dataclass
@@ -138,7 +139,7 @@ class LAQTask(L.LightningModule):
         with torch.no_grad():
             sq, sq_copy = self._errors(frames, out.recon)
             numel = frames[:, :, 1].numel()
-            used = torch.bincount(out.indices.flatten(), minlength=self.model_cfg.codebook_size) > 0
+            used = code_counts(out.indices, self.model_cfg.codebook_size) > 0  # no host sync
         bs = frames.shape[0]
         self.log("train/loss_recon", out.loss, prog_bar=True, batch_size=bs)
         self.log("train/perplexity", out.perplexity, batch_size=bs)
@@ -168,8 +169,7 @@ class LAQTask(L.LightningModule):
         s["numel"] += frames[:, :, 1].numel()
         s["perplexity"] += out.perplexity.detach().double()
         s["batches"] += 1
-        s["counts"] += torch.bincount(out.indices.flatten(),
-                                      minlength=self.model_cfg.codebook_size).double()
+        s["counts"] += code_counts(out.indices, self.model_cfg.codebook_size).double()
         # Returned to callbacks (ReconstructionGrid uses batch 0); no copies are made.
         return {"loss": out.loss.detach(), "frames": frames, "recon": out.recon.detach()}
 

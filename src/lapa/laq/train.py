@@ -171,9 +171,13 @@ def _checkpoint_callbacks(cfg: TrainLAQConfig, ckpt_dir: Path) -> tuple[list, An
 def build_trainer(cfg: TrainLAQConfig, callbacks: list, logger: Any) -> Any:
     """A Lightning Trainer from `training` (loop, clipping) and `cluster` (devices, precision)."""
     import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
     t, c = cfg.training, cfg.cluster
     step_interval = isinstance(t.val_check_interval, int)
+    # The bar reads the logged tensors (a host-device sync on GPU) each time it refreshes: do that as
+    # often as the loggers write, not on every step.
+    callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps))]
     return L.Trainer(
         accelerator="gpu" if c.accelerator == "cuda" else c.accelerator,
         devices=c.devices, num_nodes=c.num_nodes, strategy=_make_strategy(c),
