@@ -2,25 +2,31 @@
 # The GPU checks of Stage 1 in one go, for a lent GPU machine (CI has no GPU): the `gpu`-marked tests,
 # then LAQ throughput (bf16 + SDPA + fused AdamW, eager and compiled) next to the published
 # implementation's setup (its ops, fp32, plain Adam) on the same card. Results go to $OUT (default
-# ./gpu_check_out): gpu.txt, gpu_tests.log, laq_*.json and the tables in laq_*.txt.
+# ./gpu_check_out): summary.txt (device, tables), gpu_tests.log, laq_*.json, bench.err (at most 8 files:
+# what the device tool brings back).
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root, with lapa importable
 #
-# Budget about 9 minutes on an H100 (measured 2026-11-27: tests 143 s, eager tables 3 min); torch.compile
-# of all three sizes did not finish in 200 s there, so the compiled table covers the paper size only.
+# Needs torch, lightning, einops, pytest and lapa's light dependencies (omegaconf, hydra-core,
+# webdataset, braceexpand, simplejpeg); on a bare GPU image put those on PYTHONPATH first.
+#
+# Budget about 10 minutes on an H100 (2026-11-27: the tests took 143 s, the eager tables about 3 min;
+# torch.compile of all three sizes did not finish in 200 s, so only the paper size is compiled). The
+# stages run most telling first and write as they go: a run cut short keeps what it measured.
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/summary.txt"
+$PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" \
+  | tee -a "$OUT/summary.txt"
 
-bench() {  # NAME TIMEOUT ARGS...: a table on stdout and in $OUT/laq_NAME.txt, JSON in $OUT/laq_NAME.json
+bench() {  # NAME TIMEOUT ARGS...: JSON in $OUT/laq_NAME.json, a table on stdout and in summary.txt
   local name=$1 limit=$2; shift 2
   timeout "$limit" $PY benchmarks/laq_throughput.py --device cuda --min-seconds 2 --json "$@" \
-    > "$OUT/laq_$name.json" 2> "$OUT/laq_$name.err" || echo "laq_$name: exit $?"
-  $PY - "$OUT/laq_$name.json" <<'PY' | tee "$OUT/laq_$name.txt"
+    > "$OUT/laq_$name.json" 2>> "$OUT/bench.err" || echo "laq_$name: exit $?" | tee -a "$OUT/summary.txt"
+  $PY - "$OUT/laq_$name.json" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 rows = json.load(open(sys.argv[1])) if open(sys.argv[1]).read().strip() else []
 for r in rows:
@@ -33,7 +39,10 @@ for r in rows:
 PY
 }
 
-timeout 300 $PY -m pytest -q -m gpu tests/laq/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
-bench eager 150 --sizes tiny,medium,paper --published-setup
-bench eager_b64 90 --sizes tiny,medium --gpu-batch 64 --published-setup
+# Most telling first, so that a run cut short by the device budget still answers the main questions.
+bench paper 120 --sizes paper --published-setup
+timeout 300 $PY -m pytest -q -m gpu tests/laq/test_gpu.py -p no:cacheprovider -W ignore::UserWarning 2>&1 \
+  | tee "$OUT/gpu_tests.log" | tail -15
 bench compiled 200 --sizes paper --compile
+bench small 150 --sizes tiny,medium --published-setup
+bench small_b64 90 --sizes tiny,medium --gpu-batch 64 --published-setup
