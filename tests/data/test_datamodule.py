@@ -189,3 +189,41 @@ def test_mixed_sizes_without_image_size_are_skipped(tmp_path):
     batches = list(frame_pair_loader([tmp_path / "a", tmp_path / "b"], batch_size=8))
     assert [b["frames"].shape for b in batches] == [(3, 3, 2, 16, 16)]
     assert dm.skipped_samples().get("frame size mismatch", 0) - before == 2
+
+
+def _resumed(cfg: DataConfig, epoch: int, batches: int) -> LAPADataModule:
+    """A fresh data module handed the state a checkpoint taken at (epoch, batches) would hold."""
+    module = LAPADataModule(cfg, "laq")
+    module.setup("fit")
+    module.load_state_dict({"epoch": epoch, "batches": batches, "stream": module._stream_fingerprint()})
+    return module
+
+
+@pytest.mark.parametrize("workers, resampled", [(0, False), (2, False), (2, True)])
+def test_resumed_stream_continues_with_the_same_batches(tmp_path, workers, resampled):
+    """Stop in the middle of epoch 1, rebuild the module from the checkpoint's state: the remaining
+    batches are those the uninterrupted run saw, samples and augmentation alike."""
+    make_pair_shards(tmp_path, shards=4, per_shard=6)
+    cfg = data_cfg(tmp_path, num_workers=workers, resampled=resampled, epoch_size=24 if resampled else None,
+                   hflip=True, color_jitter=0.2, random_erasing=0.5, shuffle_buffer=10)
+    loader = LAPADataModule(cfg, "laq").train_dataloader()
+    epochs = [list(loader), list(loader)]
+    assert len(epochs[1]) >= 5 and ids_of(epochs[0]) != ids_of(epochs[1])  # epochs differ in order
+    resumed = list(_resumed(cfg, epoch=1, batches=3).train_dataloader())
+    assert len(resumed) == len(epochs[1]) - 3
+    for want, got in zip(epochs[1][3:], resumed):
+        assert torch.equal(want["frames"], got["frames"])
+    again = LAPADataModule(cfg, "laq").train_dataloader()  # and a fresh run repeats epoch 0 exactly
+    assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(epochs[0], again))
+
+
+def test_resume_with_other_loader_settings_restarts_the_epoch(tmp_path, caplog):
+    make_pair_shards(tmp_path, shards=2, per_shard=6)
+    cfg = data_cfg(tmp_path)
+    module = LAPADataModule(cfg, "laq")
+    module.setup("fit")
+    state = {"epoch": 2, "batches": 2, "stream": module._stream_fingerprint()}
+    other = LAPADataModule(data_cfg(tmp_path, batch_size=2), "laq")
+    other.load_state_dict(state)
+    assert "changed since the checkpoint" in caplog.text
+    assert len(list(other.train_dataloader())) == 6  # the whole of epoch 2, nothing skipped

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -113,6 +114,27 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert len(logged) == 2
     steps = {int(r["step"]) for r in csv.DictReader(logged[1].open()) if r.get("train/loss_recon")}
     assert steps and min(steps) >= 4
+
+
+def test_resume_mid_epoch_on_shards_matches_an_uninterrupted_run(shards, tmp_path):
+    """Streaming shards (6 batches per epoch), stopped after 5 batches and resumed to 9: the data
+    stream, its augmentation and the model continue exactly as in a run that never stopped."""
+    def cfg(out: Path, max_steps: int, resume: str | None = None) -> TrainLAQConfig:
+        data = DataConfig(train_shards=f"{shards}/train", val_shards=f"{shards}/val", batch_size=4,
+                          num_workers=0, image_size=64, shuffle_buffer=8, hflip=True, color_jitter=0.1)
+        return dataclasses.replace(_in_memory_cfg(out, max_steps, resume), data=data)
+
+    assert run(cfg(tmp_path / "straight", 9)) == 0
+    assert run(cfg(tmp_path / "split", 5)) == 0
+    assert run(cfg(tmp_path / "split", 9, resume="auto")) == 0
+    a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 9
+    # The data stream's position (epoch 1, 3 batches in) whatever Lightning's epoch counter says.
+    assert (a["LAPADataModule"]["epoch"], a["LAPADataModule"]["batches"]) == (1, 3)
+    assert (b["LAPADataModule"]["epoch"], b["LAPADataModule"]["batches"]) == (1, 3)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
 
 
 def test_resume_after_a_kill_between_periodic_and_last_save_rotates_cleanly(tmp_path):

@@ -1,10 +1,12 @@
 """Streaming data modules over WebDataset shards (spec 2.1.2 `LAPADataModule`).
 
-Pipeline per DataLoader worker (spec order):
-  shard list -> [shard shuffle, split_by_node, split_by_worker]  or  resampled shards (DDP)
+Training pipeline per DataLoader worker (spec order; `stream.TrainStream`, seeded per epoch, rank and
+worker so that a resumed run continues exactly where the checkpoint was taken):
+  shard list -> [shard shuffle, split by rank, split by worker]  or  resampled shards (DDP)
   -> tar samples (`shards.tar_samples`) -> sample shuffle buffer -> decode (simplejpeg) into a planar
   uint8 batch [B, 3, T, H, W]   ... then in the trainer process (`FloatBatches`): flip, colour jitter,
   erasing and uint8 -> float32 in [0, 1], fused per sample (`transforms.to_float`)
+Validation and inference read shards in order (WebDataset's node/worker split, no shuffling).
 
 Tasks and batches:
 - "laq":        {"frames": float32 [B, 3, 2, H, W] in [0, 1]}          (frame-pair shards)
@@ -13,8 +15,8 @@ Tasks and batches:
 
 Under DDP every rank must run the same number of batches (a rank that stops early hangs the others in
 all-reduce), so training there uses resampled shards and a fixed epoch length per worker
-(`resampled=True` + `with_epoch`): each rank/worker samples shards with its own seeded RNG and stops
-after exactly the same count. On one process the exact split (every sample once per epoch) is used.
+(`resampled=True`): each rank/worker samples shards with its own seeded RNG and stops after exactly
+the same count. On one process the exact split (every sample once per epoch) is used.
 Corrupt samples (bad JPEG, missing part, NaN action) and unreadable tars are skipped with a warning and
 counted (`skipped_samples()`, per process), never fatal.
 """
@@ -26,10 +28,11 @@ import logging
 import math
 import os
 import tarfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -40,6 +43,7 @@ from torch.utils.data import DataLoader
 from lapa.config import require
 from lapa.data.images import decode_jpeg, decode_jpeg_into, encoded_image_size
 from lapa.data.shards import decode_npy, list_shards, tar_samples
+from lapa.data.stream import StreamPosition, TrainStream, mix_seed
 from lapa.data.transforms import PairAugment, ensure_size, to_float
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,11 @@ def _tar_error(exn: Exception) -> None:
 
 
 _read_tars = partial(tar_samples, on_error=_tar_error)  # pipeline stage: shard urls -> raw samples
+
+
+def _read_urls(urls: Iterable[str]) -> Iterator[dict]:
+    """Raw samples of shard urls (the reader of `TrainStream`)."""
+    return tar_samples(({"url": url} for url in urls), on_error=_tar_error)
 
 
 # ---- decoding into batches (in DataLoader workers) ------------------------------------------------------
@@ -200,9 +209,15 @@ class _Batches:
         self._buffers: _SharedBuffers | None = None  # made in the worker that uses it
         self._scratch = np.empty((0, 0, 3), dtype=np.uint8)  # one decoded image [H, W, 3]
 
-    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+    def __call__(self, samples: Iterable[dict], skip: int = 0) -> Iterator[dict]:
+        """Batches of `samples`, after passing over the first `skip` batches' samples undecoded (a
+        resumed run: those were trained on; a sample with a corrupt JPEG counts there, not here)."""
         images, rows = None, []  # the batch being filled: uint8 [B, 3, T, H, W], and its samples' fields
+        to_skip = skip * self.batch_size  # samples
         for sample in samples:
+            if to_skip and all(part in sample for part in self.parts):
+                to_skip -= 1
+                continue
             row = self.fields(sample)
             if row is None:
                 continue
@@ -318,15 +333,36 @@ class FloatBatches:
     `frames` [B, 3, 2, H, W]; `image` [B, 3, 1, H, W] -> [B, 3, H, W].
     """
 
-    def __init__(self, loader: DataLoader, augment: PairAugment | None = None) -> None:
+    def __init__(self, loader: DataLoader, augment: PairAugment | None = None, *, seed: int = 0,
+                 rank: int = 0, start: StreamPosition | None = None) -> None:
         self.loader, self.augment = loader, augment
+        # Training: the augmentation of batch i of epoch e is drawn from a generator seeded by
+        # (seed, e, rank, i), so a resumed run augments every batch as the uninterrupted run did.
+        self.seed, self.rank, self.start = seed, rank, start or StreamPosition()
+        self._epochs_started = 0
+        # Where the trainer stands: (epoch, index) of batches handed out but not yet trained on (the
+        # trainer prefetches), the position after the last trained batch, and the length of each epoch
+        # whose iterator ran out.
+        self._pending: deque[tuple[int, int]] = deque()
+        self._trained = self.start
+        self._epoch_length: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         _reuse_freed_memory()
-        for batch in self.loader:
+        epoch = self.start.epoch + self._epochs_started
+        first = self.start.batches if self._epochs_started == 0 else 0
+        self._epochs_started += 1
+        generator = self.augment.generator if self.augment is not None else None
+        self._pending.clear()  # batches of an abandoned iterator are never trained on
+        yielded = first
+        for index, batch in enumerate(self.loader, start=first):
+            yielded = index + 1
+            self._pending.append((epoch, index))
+            if generator is not None:
+                generator.manual_seed(mix_seed(self.seed, epoch, self.rank, index))
             release = batch.pop(RELEASE, None)
             for key in ("frames", "image"):
                 if key in batch:
@@ -336,6 +372,20 @@ class FloatBatches:
             if release is not None:
                 release.fill_(1)  # the worker may now refill this buffer
             yield batch
+        self._epoch_length[epoch] = yielded
+
+    def mark_trained(self) -> None:
+        """The trainer took the oldest handed-out batch for a training step (`on_before_batch_transfer`)."""
+        if self._pending:
+            epoch, index = self._pending.popleft()
+            self._trained = StreamPosition(epoch, index + 1)
+
+    def position(self) -> StreamPosition:
+        """Where a resumed run's stream must start: after the last batch trained on."""
+        trained = self._trained
+        if self._epoch_length.get(trained.epoch) == trained.batches:  # that epoch is over
+            return StreamPosition(trained.epoch + 1, 0)
+        return trained
 
 
 # ---- the data module ------------------------------------------------------------------------------------
@@ -367,6 +417,8 @@ class LAPADataModule(L.LightningDataModule):
         self.cfg, self.task = cfg, task
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
+        self._resume_at: StreamPosition | None = None  # from a checkpoint (`load_state_dict`)
+        self._train_loader: FloatBatches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_urls is None and stage in (None, "fit"):
@@ -403,31 +455,62 @@ class LAPADataModule(L.LightningDataModule):
         return max(1, samples // (world_size * self.cfg.batch_size))
 
     def train_dataloader(self) -> FloatBatches:
+        """The training batches of this rank (`stream.TrainStream`): shard order, shuffle buffer and
+        augmentation are seeded by (data.seed, epoch, rank, worker / batch), so a run resumed from a
+        checkpoint continues with the batches the uninterrupted run would have seen next."""
         self.setup("fit")
         cfg = self.cfg
         rank, world = self._world()
         resampled = world > 1 if cfg.resampled is None else cfg.resampled
         # Flips only for LAQ pairs: for latent and robot-action targets a mirror changes the label.
         augment = PairAugment(hflip=cfg.hflip and self.task == "laq", jitter=cfg.color_jitter,
-                              erasing=cfg.random_erasing)
-        if resampled:  # seeded per rank and worker by webdataset: ranks see different shard streams
-            source = [wds.ResampledShards(self.train_urls, seed=cfg.seed, deterministic=True)]
-        else:
-            source = [wds.SimpleShardList(self.train_urls)]
-            if cfg.shard_shuffle:  # same seed on every rank, so split_by_node stays a partition
-                source.append(wds.detshuffle(bufsize=len(self.train_urls), seed=cfg.seed))
-            source += [wds.split_by_node, wds.split_by_worker]
-        stages = source + [_read_tars]
-        if cfg.shuffle_buffer > 0:
-            stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100)))
-        dataset = wds.DataPipeline(*stages, self._batches(partial_last=False))
-        if resampled:
-            per_rank = self.batches_per_rank(world)
-            per_worker = math.ceil(per_rank / max(1, cfg.num_workers))
-            # with_epoch counts per worker; every rank has the same workers, so the same total.
-            dataset = dataset.with_epoch(per_worker).with_length(per_worker * max(1, cfg.num_workers),
-                                                                 silent=True)
-        return self._loader(dataset, cfg.num_workers, augment)
+                              erasing=cfg.random_erasing, generator=torch.Generator())
+        per_worker = None
+        if resampled:  # every rank and worker runs the same number of batches per epoch
+            per_worker = math.ceil(self.batches_per_rank(world) / max(1, cfg.num_workers))
+        start = self._resume_at or StreamPosition()
+        self._resume_at = None  # once: a later call (reloaded loaders) starts afresh
+        dataset = TrainStream(self.train_urls, _read_urls, self._batches(partial_last=False), seed=cfg.seed,
+                              rank=rank, world=world, shard_shuffle=cfg.shard_shuffle,
+                              shuffle_buffer=cfg.shuffle_buffer, batches_per_worker=per_worker,
+                              num_workers=cfg.num_workers, start=start)
+        if start.batches or start.epoch:
+            log.info("data: resuming the training stream at epoch %d after %d batches", start.epoch,
+                     start.batches)
+        self._train_loader = self._loader(dataset, cfg.num_workers, augment, start=start)
+        return self._train_loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and self._train_loader is not None:
+            self._train_loader.mark_trained()  # this batch enters a training step
+        return batch
+
+    # Lightning saves this in every checkpoint and hands it back on resume (before train_dataloader).
+    # The position is the data stream's own (its epochs need not match Lightning's: a run stopped by
+    # max_steps ends Lightning's epoch but not the stream's).
+    def state_dict(self) -> dict:
+        if self._train_loader is None:
+            return {}
+        position = self._train_loader.position()
+        return {"epoch": position.epoch, "batches": position.batches, "stream": self._stream_fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.setup("fit")
+        if state.get("stream") != self._stream_fingerprint():
+            log.warning("data: the training data or loader settings changed since the checkpoint; the "
+                        "stream restarts at the beginning of epoch %s", state.get("epoch"))
+            self._resume_at = StreamPosition(int(state.get("epoch", 0)), 0)
+            return
+        self._resume_at = StreamPosition(int(state["epoch"]), int(state["batches"]))
+
+    def _stream_fingerprint(self) -> list:
+        """What the order of the training stream depends on; a resume skips batches only if it matches."""
+        cfg = self.cfg
+        return [len(self.train_urls or []), cfg.batch_size, cfg.num_workers, cfg.seed, cfg.shuffle_buffer,
+                cfg.shard_shuffle, cfg.resampled, cfg.epoch_size, self._world()[1]]
 
     def val_dataloader(self) -> FloatBatches | list:
         self.setup("validate")
@@ -437,13 +520,14 @@ class LAPADataModule(L.LightningDataModule):
                                    wds.split_by_worker, _read_tars, self._batches(partial_last=True))
         return self._loader(dataset, min(self.cfg.num_workers, len(self.val_urls)))
 
-    def _loader(self, dataset, num_workers: int, augment: PairAugment | None = None) -> FloatBatches:
+    def _loader(self, dataset, num_workers: int, augment: PairAugment | None = None,
+                start: StreamPosition | None = None) -> FloatBatches:
         loader = DataLoader(
             dataset, batch_size=None, num_workers=num_workers,
             persistent_workers=num_workers > 0,  # keeps resampling epochs distinct
             worker_init_fn=_init_worker if num_workers > 0 else None,
             prefetch_factor=self.cfg.prefetch_factor if num_workers > 0 else None)
-        return FloatBatches(loader, augment)
+        return FloatBatches(loader, augment, seed=self.cfg.seed, rank=self._world()[0], start=start)
 
 
 # ---- deterministic inference loader (lapa label, lapa eval-laq) -------------------------------------

@@ -12,11 +12,11 @@ Writes into `output_dir`:
 
 Resume (`resume=auto` or `resume=PATH`): restores the weights, the optimiser and lr-schedule state, the
 global step, the epoch and batch counters and the best/periodic-checkpoint bookkeeping; the model's
-noise (NSVQ) is seeded by the batch number, so it continues exactly as in an uninterrupted run. The data
-position is restored exactly only for loaders that implement `state_dict`/`load_state_dict` (Lightning's
-stateful-loader protocol) or when the run stopped at an epoch boundary; a WebDataset stream restarts its
-iteration (shuffled shards, a fresh shuffle buffer), so a resumed run sees a new random order rather
-than the exact continuation of the old one.
+noise (NSVQ) is seeded by the batch number, so it continues exactly as in an uninterrupted run. The
+shard stream of `LAPADataModule` is seeded by (data.seed, epoch, rank, worker) and its position is
+saved in every checkpoint, so a resumed run trains on the batches (and augmentations) the
+uninterrupted run would have seen next (`lapa.data.stream`; with other data or loader settings the
+stream restarts at the beginning of the saved epoch, with a warning).
 """
 
 from __future__ import annotations

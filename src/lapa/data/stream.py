@@ -1,0 +1,129 @@
+"""The training sample stream: a pure function of (seed, epoch, rank, worker), so that a resumed run
+rebuilds the stream of the epoch it stopped in and skips what was already trained on.
+
+Per epoch and DataLoader worker:
+    shard order   plain: one seeded permutation per epoch (the same on every rank), then shards
+                  `rank::world`, then `worker::workers`;  resampled (DDP): shards drawn with
+                  replacement, seeded per (epoch, rank, worker), `batches_per_worker` batches each
+    samples       `shards.tar_samples`, then a seeded shuffle buffer
+    batches       the decode stage (`datamodule._Batches`), after skipping this worker's share of the
+                  batches a resumed run already consumed (grouped, not decoded)
+
+WebDataset's `detshuffle`, `ResampledShards` and `shuffle` keep their epoch counters and seeds inside
+the worker processes (and `shuffle` seeds from the clock), so a restarted process cannot rebuild their
+order; these stages take the epoch from the outside instead.
+
+Skipping assumes the DataLoader's round robin over workers (batch i comes from worker i % workers),
+which holds while every worker still has batches: always for resampled streams, and for plain streams
+until the first worker runs out near the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, epoch, rank, worker, ...), stable across runs."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 0x632BE5AB) % (1 << 63)
+    return value
+
+
+def shuffled(samples: Iterable[dict], bufsize: int, initial: int, rng: random.Random) -> Iterator[dict]:
+    """WebDataset's shuffle buffer with an explicit generator: emit a random buffered sample for every
+    sample read once `initial` are buffered, reading two per emitted one until `bufsize` are held, then
+    drain in random order at the end."""
+    samples = iter(samples)
+    initial = min(initial, bufsize)
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) < bufsize:  # grow the buffer: a second sample for this one emitted
+            extra = next(samples, None)
+            if extra is not None:
+                buffer.append(extra)
+        if len(buffer) >= initial:
+            yield _pop_random(buffer, rng)
+    while buffer:
+        yield _pop_random(buffer, rng)
+
+
+def _pop_random(buffer: list[dict], rng: random.Random) -> dict:
+    k = rng.randrange(len(buffer))
+    buffer[k], buffer[-1] = buffer[-1], buffer[k]
+    return buffer.pop()
+
+
+def worker_share(consumed: int, worker: int, workers: int) -> int:
+    """How many of the first `consumed` batches of a round robin over `workers` came from `worker`."""
+    return len(range(worker, consumed, workers))
+
+
+@dataclass
+class StreamPosition:
+    """Where a stream starts: its first epoch, and the batches of that epoch already consumed (all
+    workers of this rank together)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Iterable over training batches of one rank; each `iter()` is the next epoch (see module doc).
+
+    `read(urls)` yields raw samples of shard urls; `batches(samples, skip)` groups and decodes them
+    into batches after skipping `skip` batches. `batches_per_worker`: resampled epoch length (None for
+    a plain stream, which ends with its shards). Picklable: DataLoader workers get copies, each
+    counting its own epochs, which persistent workers keep from one epoch to the next.
+    """
+
+    def __init__(self, urls: list[str], read: Callable[[Iterable[str]], Iterable[dict]],
+                 batches: Callable[[Iterable[dict], int], Iterator[dict]], *, seed: int, rank: int,
+                 world: int, shard_shuffle: bool, shuffle_buffer: int, batches_per_worker: int | None,
+                 num_workers: int, start: StreamPosition | None = None) -> None:
+        super().__init__()
+        self.urls, self.read, self.batches = urls, read, batches
+        self.seed, self.rank, self.world = seed, rank, world
+        self.shard_shuffle, self.shuffle_buffer = shard_shuffle, shuffle_buffer
+        self.batches_per_worker, self.num_workers = batches_per_worker, max(1, num_workers)
+        self.start = start or StreamPosition()
+        self._epochs_started = 0  # in this process (a worker's copy counts its own)
+
+    def __len__(self) -> int:
+        if self.batches_per_worker is None:
+            raise TypeError("a plain (not resampled) stream has no length")
+        return self.batches_per_worker * self.num_workers
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        epoch = self.start.epoch + self._epochs_started
+        consumed = self.start.batches if self._epochs_started == 0 else 0
+        self._epochs_started += 1
+        # The DataLoader asks its workers in turn from worker 0 on; the uninterrupted run's next batch
+        # came from worker `consumed % workers`: so DataLoader worker i plays that run's worker
+        # (i + consumed) % workers (in a fresh epoch, worker i itself).
+        worker = ((info.id if info is not None else 0) + consumed) % self.num_workers
+        skip = worker_share(consumed, worker, self.num_workers)
+        rng = random.Random(mix_seed(self.seed, epoch, self.rank, worker))
+        samples = self.read(self._shards(epoch, worker, rng))
+        if self.shuffle_buffer > 0:
+            samples = shuffled(samples, self.shuffle_buffer, min(self.shuffle_buffer, 100), rng)
+        batches = self.batches(samples, skip)
+        if self.batches_per_worker is not None:
+            batches = itertools.islice(batches, max(0, self.batches_per_worker - skip))
+        yield from batches
+
+    def _shards(self, epoch: int, worker: int, rng: random.Random) -> Iterator[str]:
+        if self.batches_per_worker is not None:  # resampled: an endless draw, cut by the epoch length
+            return (rng.choice(self.urls) for _ in itertools.count())
+        order = list(self.urls)
+        if self.shard_shuffle:  # the same permutation on every rank and worker: the splits partition it
+            random.Random(mix_seed(self.seed, epoch)).shuffle(order)
+        return iter(order[self.rank::self.world][worker::self.num_workers])
