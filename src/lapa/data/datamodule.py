@@ -339,6 +339,7 @@ class FloatBatches:
         # Training: the augmentation of batch i of epoch e is drawn from a generator seeded by
         # (seed, e, rank, i), so a resumed run augments every batch as the uninterrupted run did.
         self.seed, self.rank, self.start = seed, rank, start or StreamPosition()
+        self._track = start is not None  # the training loader: follow the trainer's position
         self._epochs_started = 0
         # Where the trainer stands: (epoch, index) of batches handed out but not yet trained on (the
         # trainer prefetches), the position after the last trained batch, and the length of each epoch
@@ -360,7 +361,8 @@ class FloatBatches:
         yielded = first
         for index, batch in enumerate(self.loader, start=first):
             yielded = index + 1
-            self._pending.append((epoch, index))
+            if self._track:
+                self._pending.append((epoch, index))
             if generator is not None:
                 generator.manual_seed(mix_seed(self.seed, epoch, self.rank, index))
             release = batch.pop(RELEASE, None)
