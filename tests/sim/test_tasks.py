@@ -100,3 +100,23 @@ def test_oracle_succeeds(world, family):
         assert 10 <= ep.steps <= 80
         assert np.abs(ep.actions[:, :3]).max() <= world.cfg.max_delta_pos + 1e-6
         assert set(np.unique(ep.actions[:, 6])) <= {0.0, 1.0}
+
+
+def test_closed_fingers_pushing_an_object_do_not_grasp_it(world):
+    """The push oracle presses with closed fingers; both fingers touch the object, yet it must not be
+    attached (it was, for seed 1000029 of `lapa sim eval`, before the grasp assist checked the opening)."""
+    scene, task = make_task("push", world.cfg, 1000029)
+    oracle = ScriptedOracle()
+    held = []
+
+    class Watch:
+        def reset(self, **kw):
+            oracle.reset(**kw)
+
+        def predict_action(self, image, instruction):
+            held.append(world.held_object)
+            return oracle.predict_action(image, instruction)
+
+    ep = run_episode(world, "push", 1000029, Watch(), max_steps=80, record=False)
+    assert task.direction == "front" and set(held) == {None}
+    assert ep.success

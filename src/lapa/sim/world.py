@@ -51,6 +51,7 @@ EE_LINK = 11  # panda_grasptarget: between the fingertips
 ARM_FORCES = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
 HOME_JOINTS = (0.0, -0.35, 0.0, -2.3, 0.0, 1.95, 0.785)
 MAX_FINGER = 0.04  # metres per finger; the opening is twice this
+MIN_GRASP_OPENING = 0.005  # m per finger: an object between the fingers keeps them at least this far open
 STATE_DIM = 14
 ACTION_DIM = 7
 
@@ -260,13 +261,17 @@ class TabletopWorld:
                                     forces=[40.0, 40.0], physicsClientId=c)
 
     def _update_grasp(self) -> None:
-        """Grasp assist: attach an object touched by both fingers while closing; release on opening."""
+        """Grasp assist: attach an object touched by both fingers while closing on it; release on opening.
+
+        Only an object that holds the fingers apart counts: closed fingers that push an object with
+        their outer faces (the push task) touch it with both fingers too, but cannot grasp it."""
         p, c = self.p, self.client
         closing = self.gripper_command < 0.5
         if not closing and self._grasp_constraint is not None:
             p.removeConstraint(self._grasp_constraint, physicsClientId=c)
             self._grasp_constraint, self.held_object = None, None
-        if closing and self._grasp_constraint is None:
+        opening = min(p.getJointState(self.robot, f, physicsClientId=c)[0] for f in FINGER_JOINTS)
+        if closing and self._grasp_constraint is None and opening > MIN_GRASP_OPENING:
             for i, body in enumerate(self.objects):
                 touching = [p.getContactPoints(self.robot, body, linkIndexA=f, physicsClientId=c)
                             for f in FINGER_JOINTS]
