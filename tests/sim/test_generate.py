@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lapa.cli import main
+from lapa.data.images import decode_jpeg
 from lapa.data.shards import decode_npy, list_shards
 from lapa.sim.evaluate import format_table, wilson_interval
 from lapa.sim.generate import GenerateConfig, episode_plan
@@ -62,6 +63,20 @@ def test_generate_layout_and_formats(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["generated_now"] == 0
     assert (out / "videos" / "train" / "manifest.jsonl").read_text() == manifest
     assert "episodes/min/core" in capsys.readouterr().out
+
+
+def test_wrist_camera_frames_go_into_the_step_shards(tmp_path):
+    out = tmp_path / "sim"
+    args = ["sim", "generate", f"output={out}", "episodes=1", "val_fraction=0", "sim.image_size=32",
+            "sim.wrist_camera=true", "workers=0", "tasks=[pick]"]
+    assert main(args) == 0
+    with tarfile.open(list_shards(out / "demos" / "train")[0]) as tar:
+        names = tar.getnames()
+        key = names[0].split(".")[0]
+        assert f"{key}.wrist.jpg" in names
+        wrist = decode_jpeg(tar.extractfile(f"{key}.wrist.jpg").read())
+        third = decode_jpeg(tar.extractfile(f"{key}.jpg").read())
+    assert wrist.shape == third.shape == (32, 32, 3) and not np.array_equal(wrist, third)
 
 
 def test_split_depends_on_seed_only():

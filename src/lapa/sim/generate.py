@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 
 from lapa.config import require, to_dict
 from lapa.data.images import encode_jpeg
-from lapa.data.shards import ShardWriter, write_shard
+from lapa.data.shards import ShardWriter, shard_samples, write_shard
 from lapa.io import atomic_path, write_json_atomic, write_text_atomic
 from lapa.sim.parallel import process_world, run_parallel
 from lapa.sim.policies import OracleConfig, ScriptedOracle
@@ -92,12 +91,16 @@ def write_sidecar(path: Path, ep: Episode, episode_id: str, fps: int) -> None:
 
 
 def step_samples(ep: Episode, episode_id: str, quality: int):
-    """Robot-step samples (Stage 3 format): frame t, instruction, action t, state t, for t < T-1."""
+    """Robot-step samples (Stage 3 format): frame t, instruction, action t, state t, for t < T-1; with
+    the wrist camera on, also its frame t as `wrist.jpg`."""
     for t in range(ep.steps):
-        yield {"__key__": f"{episode_id}_{t:04d}", "jpg": encode_jpeg(ep.frames[t], quality),
-               "txt": ep.instruction, "action.npy": ep.actions[t].astype(np.float32),
-               "state.npy": ep.states[t].astype(np.float32),
-               "json": {"episode_id": episode_id, "step": t, "task": ep.family}}
+        sample = {"__key__": f"{episode_id}_{t:04d}", "jpg": encode_jpeg(ep.frames[t], quality),
+                  "txt": ep.instruction, "action.npy": ep.actions[t].astype(np.float32),
+                  "state.npy": ep.states[t].astype(np.float32),
+                  "json": {"episode_id": episode_id, "step": t, "task": ep.family}}
+        if ep.wrist_frames is not None:
+            sample["wrist.jpg"] = encode_jpeg(ep.wrist_frames[t], quality)
+        yield sample
 
 
 def _generate_one(job: tuple[dict, GenerateConfig]) -> dict:
@@ -119,17 +122,13 @@ def _generate_one(job: tuple[dict, GenerateConfig]) -> dict:
 
 
 def _read_tar_samples(path: Path):
-    """Samples of a shard written by `write_shard`, in order (keys before the first dot)."""
-    with tarfile.open(path) as tar:
-        sample: dict = {}
-        for member in tar:
-            key, _, suffix = member.name.partition(".")
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample.setdefault("__key__", key)
-            sample[suffix] = tar.extractfile(member).read()
-        if sample:
+    """Samples of a shard written by `write_shard`, in order; a damaged one raises (it is ours)."""
+    def fail(err: Exception) -> None:
+        raise err
+
+    with open(path, "rb") as stream:
+        for sample in shard_samples(stream, str(path), on_error=fail):
+            sample.pop("__url__")
             yield sample
 
 
