@@ -134,7 +134,8 @@ class LAQTask(L.LightningModule):
         # The NSVQ counts optimiser steps: tell it whether this micro-batch ends one (Lightning steps
         # every `accumulate_grad_batches` batches and at the end of an epoch).
         every = self.trainer.accumulate_grad_batches
-        self.model.vq.step_ends = every == 1 or (batch_idx + 1) % every == 0 or bool(self.trainer.is_last_batch)
+        ends = every == 1 or (batch_idx + 1) % every == 0 or bool(self.trainer.is_last_batch)
+        self.model.vq.step_ends = ends
         out = self.model(frames)
         with torch.no_grad():
             sq, sq_copy = self._errors(frames, out.recon)
