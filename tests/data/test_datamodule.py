@@ -227,3 +227,11 @@ def test_resume_with_other_loader_settings_restarts_the_epoch(tmp_path, caplog):
     other.load_state_dict(state)
     assert "changed since the checkpoint" in caplog.text
     assert len(list(other.train_dataloader())) == 6  # the whole of epoch 2, nothing skipped
+
+
+def test_resampled_stream_over_unreadable_shards_fails_instead_of_spinning(tmp_path):
+    for i in range(3):
+        (tmp_path / f"pairs-{i:06d}.tar").write_bytes(b"not a tar file at all" * 40)
+    loader = LAPADataModule(data_cfg(tmp_path, resampled=True, epoch_size=8), "laq").train_dataloader()
+    with pytest.raises(RuntimeError, match="no readable sample in 10 shards"):
+        list(loader)

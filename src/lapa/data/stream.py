@@ -112,13 +112,32 @@ class TrainStream(torch.utils.data.IterableDataset):
         worker = ((info.id if info is not None else 0) + consumed) % self.num_workers
         skip = worker_share(consumed, worker, self.num_workers)
         rng = random.Random(mix_seed(self.seed, epoch, self.rank, worker))
-        samples = self.read(self._shards(epoch, worker, rng))
+        samples = self._read_checked(self._shards(epoch, worker, rng))
         if self.shuffle_buffer > 0:
             samples = shuffled(samples, self.shuffle_buffer, min(self.shuffle_buffer, 100), rng)
         batches = self.batches(samples, skip)
         if self.batches_per_worker is not None:
             batches = itertools.islice(batches, max(0, self.batches_per_worker - skip))
         yield from batches
+
+    def _read_checked(self, urls: Iterator[str]) -> Iterator[dict]:
+        """`read(urls)`, but a resampled stream that draws shard after shard without getting a sample
+        (every shard unreadable) fails instead of drawing forever."""
+        limit = max(10, 2 * len(self.urls))
+        draws_without_sample = 0
+
+        def counted(urls: Iterator[str]) -> Iterator[str]:
+            nonlocal draws_without_sample
+            for url in urls:
+                if draws_without_sample >= limit:
+                    raise RuntimeError(f"no readable sample in {limit} shards drawn in a row from "
+                                       f"{len(self.urls)} shards (e.g. {url}); see the warnings above")
+                draws_without_sample += 1
+                yield url
+
+        for sample in self.read(counted(urls)):
+            draws_without_sample = 0
+            yield sample
 
     def _shards(self, epoch: int, worker: int, rng: random.Random) -> Iterator[str]:
         if self.batches_per_worker is not None:  # resampled: an endless draw, cut by the epoch length
