@@ -48,7 +48,12 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, crf: i
             else:
                 stream.bit_rate = max(200_000, h * w * fps * 2)
             for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                # Convert to yuv420p ourselves and hand the encoder a fresh frame: with rgb24 frames
+                # converted inside `encode`, the bytes (and decoded pixels) of moving content differed
+                # from run to run here, which made `sim generate` -> `lapa ingest` irreproducible.
+                rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                yuv = rgb.reformat(format="yuv420p").to_ndarray()  # [H * 3 / 2, W] planar
+                for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
