@@ -44,16 +44,15 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, crf: i
             stream = container.add_stream(codec, rate=fps)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             if codec == "libx264":
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
+                # zerolatency (no lookahead, macroblock tree or B-frames): with them, x264's output for
+                # moving content changed from run to run here with the state of the heap (MALLOC_PERTURB_
+                # made it reproducible: an uninitialised read), so `sim generate` -> `lapa ingest` was
+                # not reproducible by seed.
+                stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
             else:
                 stream.bit_rate = max(200_000, h * w * fps * 2)
             for frame in frames:
-                # Convert to yuv420p ourselves and hand the encoder a fresh frame: with rgb24 frames
-                # converted inside `encode`, the bytes (and decoded pixels) of moving content differed
-                # from run to run here, which made `sim generate` -> `lapa ingest` irreproducible.
-                rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                yuv = rgb.reformat(format="yuv420p").to_ndarray()  # [H * 3 / 2, W] planar
-                for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
