@@ -110,7 +110,7 @@ _read_tars = partial(tar_samples, on_error=_tar_error)  # pipeline stage: shard 
 
 def _read_urls(urls: Iterable[str]) -> Iterator[dict]:
     """Raw samples of shard urls (the reader of `TrainStream`)."""
-    return tar_samples(({"url": url} for url in urls), on_error=_tar_error)
+    return _read_tars({"url": url} for url in urls)
 
 
 # ---- decoding into batches (in DataLoader workers) ------------------------------------------------------
@@ -159,10 +159,8 @@ class _SharedBuffers:
     def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(images uint8 `shape`, flag uint8 [1]), both views of one shared buffer."""
         n = math.prod(shape)
-        free = [b for b in self.buffers if b.numel() == n + 1 and b[n] == 1]
-        if free:
-            buffer = free[0]
-        else:
+        buffer = next((b for b in self.buffers if b.numel() == n + 1 and b[n] == 1), None)
+        if buffer is None:
             buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n + 1))
             self.buffers.append(buffer)
             if len(self.buffers) > self.limit:  # forget the oldest (never released, e.g. a batch the

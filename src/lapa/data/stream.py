@@ -9,9 +9,9 @@ Per epoch and DataLoader worker:
     batches       the decode stage (`datamodule._Batches`), after skipping this worker's share of the
                   batches a resumed run already consumed (grouped, not decoded)
 
-WebDataset's `detshuffle`, `ResampledShards` and `shuffle` keep their epoch counters and seeds inside
-the worker processes (and `shuffle` seeds from the clock), so a restarted process cannot rebuild their
-order; these stages take the epoch from the outside instead.
+WebDataset's `detshuffle` and `ResampledShards` keep their epoch counters inside the worker processes
+(and `shuffle` seeds from the clock unless handed a generator), so a restarted process cannot rebuild
+their order; here the epoch comes from the outside and seeds every generator.
 
 Skipping assumes the DataLoader's round robin over workers (batch i comes from worker i % workers),
 which holds while every worker still has batches: always for resampled streams, and for plain streams
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
+import webdataset as wds
 
 
 def mix_seed(*parts: int) -> int:
@@ -34,31 +35,6 @@ def mix_seed(*parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + int(part) + 0x632BE5AB) % (1 << 63)
     return value
-
-
-def shuffled(samples: Iterable[dict], bufsize: int, initial: int, rng: random.Random) -> Iterator[dict]:
-    """WebDataset's shuffle buffer with an explicit generator: emit a random buffered sample for every
-    sample read once `initial` are buffered, reading two per emitted one until `bufsize` are held, then
-    drain in random order at the end."""
-    samples = iter(samples)
-    initial = min(initial, bufsize)
-    buffer: list[dict] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) < bufsize:  # grow the buffer: a second sample for this one emitted
-            extra = next(samples, None)
-            if extra is not None:
-                buffer.append(extra)
-        if len(buffer) >= initial:
-            yield _pop_random(buffer, rng)
-    while buffer:
-        yield _pop_random(buffer, rng)
-
-
-def _pop_random(buffer: list[dict], rng: random.Random) -> dict:
-    k = rng.randrange(len(buffer))
-    buffer[k], buffer[-1] = buffer[-1], buffer[k]
-    return buffer.pop()
 
 
 def worker_share(consumed: int, worker: int, workers: int) -> int:
@@ -113,8 +89,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         skip = worker_share(consumed, worker, self.num_workers)
         rng = random.Random(mix_seed(self.seed, epoch, self.rank, worker))
         samples = self._read_checked(self._shards(epoch, worker, rng))
-        if self.shuffle_buffer > 0:
-            samples = shuffled(samples, self.shuffle_buffer, min(self.shuffle_buffer, 100), rng)
+        if self.shuffle_buffer > 0:  # WebDataset's shuffle buffer, drawing from this stream's generator
+            samples = wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
         batches = self.batches(samples, skip)
         if self.batches_per_worker is not None:
             batches = itertools.islice(batches, max(0, self.batches_per_worker - skip))

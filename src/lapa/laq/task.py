@@ -227,7 +227,8 @@ class LAQTask(L.LightningModule):
         cfg = self.training_cfg
         optimizer_cfg = cfg.optimizer
         if self.trainer.precision == "16-mixed" and cfg.gradient_clip_val:
-            # A fused optimiser unscales inside its step, after clipping would have run: use foreach.
+            # A fused optimiser unscales inside its step, after clipping would have run: use the
+            # non-fused one (`fused: false` in `build_optimizer`).
             optimizer_cfg = dataclasses.replace(optimizer_cfg, fused=False)
         optimizer = build_optimizer(self.model, optimizer_cfg)
         total = cfg.scheduler.total_steps

@@ -270,8 +270,7 @@ class TabletopWorld:
         if not closing and self._grasp_constraint is not None:
             p.removeConstraint(self._grasp_constraint, physicsClientId=c)
             self._grasp_constraint, self.held_object = None, None
-        opening = min(p.getJointState(self.robot, f, physicsClientId=c)[0] for f in FINGER_JOINTS)
-        if closing and self._grasp_constraint is None and opening > MIN_GRASP_OPENING:
+        if closing and self._grasp_constraint is None and self._finger_opening() > MIN_GRASP_OPENING:
             for i, body in enumerate(self.objects):
                 touching = [p.getContactPoints(self.robot, body, linkIndexA=f, physicsClientId=c)
                             for f in FINGER_JOINTS]
@@ -286,6 +285,10 @@ class TabletopWorld:
                     p.changeConstraint(self._grasp_constraint, maxForce=60.0, physicsClientId=c)
                     self.held_object = i
                     break
+
+    def _finger_opening(self) -> float:
+        """Metres between the hand's centre and the nearer finger (0 when closed)."""
+        return min(self.p.getJointState(self.robot, f, physicsClientId=self.client)[0] for f in FINGER_JOINTS)
 
     # ------------------------------------------------------------------ state and rendering
     def _absolute_orn(self, rpy) -> tuple:
