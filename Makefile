@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/laq_throughput.py --sizes tiny,medium
+	$(BIN)/python benchmarks/laq_throughput.py --sizes tiny,medium --precision bf16
 	$(BIN)/python benchmarks/label_throughput.py
 	$(BIN)/python benchmarks/sim_speed.py
 

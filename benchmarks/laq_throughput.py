@@ -6,10 +6,14 @@ Sizes (issue 3, "Performance"): all with dim_head 64, heads = dim / 64, quant_di
     medium  dim 512,  depth 4, 256 px, patch 32, batch 8
     paper   dim 1024, depth 8, 256 px, patch 32, batch 8 (CPU) / 32 (GPU)
 ("depth" = spatial = temporal = decoder depth.) The work per sample is counted with
-`torch.utils.flop_counter` (a forward; training = 3x). AdamW is the fused kernel (CPU and GPU). On GPU: bf16 autocast, MFU
-against the device's bf16 dense peak; `--compile` applies torch.compile.
+`torch.utils.flop_counter` (a forward; training = 3x). AdamW is the fused kernel (CPU and GPU). Precision:
+`--precision auto` is bf16 autocast on GPU and fp32 on CPU; `--precision bf16` also autocasts on CPU (fast
+where the CPU has native bf16 dot products: avx512_bf16 or AMX). On GPU MFU is against the device's bf16
+dense peak. `--compile` applies torch.compile to each transformer layer (`LAQ.compile_layers`);
+`--compile-scope model` compiles the whole model instead (much slower to compile).
 
     python benchmarks/laq_throughput.py --threads 2 --sizes tiny,medium
+    python benchmarks/laq_throughput.py --threads 2 --sizes tiny,medium --precision bf16
     python benchmarks/laq_throughput.py --json > laq_throughput.json
 
 The published implementation, measured on the development machine with 2 threads, trains at
@@ -152,9 +156,14 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace, publis
     frames = torch.rand(batch, 3, 2, cfg.image_size, cfg.image_size, device=device)
     flops = forward_flops(model.cpu(), frames[:1].cpu())
     model.to(device)
-    bf16 = device.type == "cuda" and not args.fp32 and not published
-    run_model = torch.compile(model, mode=args.compile_mode) if args.compile and not published else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    bf16 = use_bf16(args.precision, device) and not published
+    run_model = model
+    if args.compile and not published:
+        if args.compile_scope == "model":
+            run_model = torch.compile(model, mode=args.compile_mode)
+        else:
+            model.compile_layers(mode=args.compile_mode)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = published_setup_optimizer(params) if published else torch.optim.AdamW(params, lr=1e-4, fused=True)
     tf32 = device.type == "cuda" and not published
@@ -207,6 +216,11 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace, publis
     return row
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast for `--precision bf16`, and for `auto` on GPU."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def best_of(best: dict, row: dict) -> dict:
     """Keep the faster measurement of two rows of one size."""
     if not best:
@@ -227,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="measure N times (interleaved), keep the best")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer layer")
+    parser.add_argument("--compile-scope", choices=("layers", "model"), default="layers",
+                        help="with --compile: each transformer layer (fast to compile) or the whole model")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on GPU, fp32 on CPU; bf16: autocast on CPU too")
     parser.add_argument("--infer-only", action="store_true")
     parser.add_argument("--skip-train", default="", help="sizes to measure for inference only")
     parser.add_argument("--gpu-paper-batch", type=int, default=32)
@@ -278,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    where = (torch.cuda.get_device_name(device) + ("" if args.fp32 else ", bf16 autocast")
-             if device.type == "cuda" else f"CPU, {args.threads} threads") + (", compiled" if args.compile else "")
+    where = ((torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads")
+             + (", bf16 autocast" if use_bf16(args.precision, device) else ", fp32")
+             + (f", compiled ({args.compile_scope})" if args.compile else ""))
     print(f"LAQ throughput on {where}; torch {torch.__version__}")
     print(f"{'size':<8}{'batch':>6}{'GFLOP/sample':>14}{'train samples/s':>17}{'infer pairs/s':>15}  {'extra'}")
     for r in rows:

@@ -179,3 +179,39 @@ def test_golden_outputs():
         assert torch.allclose(got["recon"], expected["recon"], rtol=1e-4, atol=1e-5), convention
         assert torch.allclose(got["loss"], expected["loss"], rtol=1e-4), convention
     assert len(golden["reference"]["indices"].unique()) >= 2  # the stored case exercises several codes
+
+
+def test_compiled_layers_match_eager_in_training_and_eval(monkeypatch):
+    """`compile_layers` (regional torch.compile, what `training.compile=true` uses) gives the eager
+    numbers, and every variant the layers need compiles within dynamo's limit instead of silently
+    falling back to eager (`fail_on_recompile_limit_hit` turns that fallback into an error). The
+    `aot_eager` backend checks our side (graph capture, guards, autograd) without inductor's minute of
+    C++ compilation; `pytest -m gpu` compiles with inductor."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    cfg = tiny(spatial_depth=2, temporal_depth=2, decoder_depth=2)
+    torch.manual_seed(0)
+    eager = LAQ(cfg)
+    compiled = LAQ(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_layers(backend="aot_eager")
+    frames = torch.rand(3, 3, 2, 32, 32)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    outs = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)  # the same noise-substitution draw
+        out = model(frames)
+        out.loss.backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1].loss, outs[0].loss, rtol=1e-5, atol=1e-6)
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters()):
+        if p_eager.grad is not None:
+            torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
+    eager.eval(), compiled.eval()
+    with torch.inference_mode():
+        want, got = eager(frames), compiled(frames)
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.recon, want.recon, rtol=1e-4, atol=1e-5)
+    # encoder spatial / temporal and decoder layers, each in training and in inference mode
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before >= 6
