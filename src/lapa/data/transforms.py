@@ -63,7 +63,7 @@ def _to_float(images: torch.Tensor, augment: PairAugment | None) -> torch.Tensor
         if jitter is None:
             out[i].mul_(1 / 255)
         else:
-            _jitter_sample(out[i], jitter[i], 1.0, luma)
+            _jitter_sample(out[i], jitter[i], luma)
     if augment is not None:
         augment.erase(out)
     return out
@@ -128,9 +128,9 @@ class ColourJitter:
             raise ValueError(f"strength={strength}: must be in [0, 1)")
         self.strength, self.generator = strength, generator
 
-    def __call__(self, x: torch.Tensor, scale: float = 1.0, limit: float = 1.0) -> torch.Tensor:
-        """Jitter `x * scale` in place, clamped to [0, limit] (`scale=1/255` converts 0..255 floats to
-        [0, 1] in the same passes; `limit=255` jitters in 0..255 units)."""
+    def __call__(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Jitter `x * scale` in place, clamped to [0, 1] (`scale=1/255` converts 0..255 floats to
+        [0, 1] in the same passes)."""
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"expected [B, 3, T, H, W], got {list(x.shape)}")
         coefficients = self.draw(x.shape[0], scale)
@@ -138,7 +138,7 @@ class ColourJitter:
             return x.mul_(scale) if scale != 1.0 else x
         luma = torch.empty(x.shape[2:], dtype=x.dtype)
         for xi, sample in zip(x, coefficients):
-            _jitter_sample(xi, sample, limit, luma)
+            _jitter_sample(xi, sample, luma)
         return x
 
     def draw(self, b: int, scale: float = 1.0) -> list[tuple[float, float, float]] | None:
@@ -154,9 +154,8 @@ class ColourJitter:
         return list(zip((gain * scale).tolist(), (luma_gain * scale).tolist(), (contrast * scale).tolist()))
 
 
-def _jitter_sample(x: torch.Tensor, coefficients: tuple[float, float, float], limit: float,
-                   luma: torch.Tensor) -> None:
-    """x <- clamp(gain x + luma_gain luma(x) + contrast mean_luma(x), 0, limit), in place on one float
+def _jitter_sample(x: torch.Tensor, coefficients: tuple[float, float, float], luma: torch.Tensor) -> None:
+    """x <- clamp(gain x + luma_gain luma(x) + contrast mean_luma(x), 0, 1), in place on one float
     sample `[3, T, H, W]` (`ColourJitter.draw` gives the coefficients); `luma` is `[T, H, W]` scratch.
     The mean comes from a 4x subsample (plenty for it), read while the sample is in cache."""
     gain, luma_gain, contrast = coefficients
@@ -165,7 +164,7 @@ def _jitter_sample(x: torch.Tensor, coefficients: tuple[float, float, float], li
     offset = contrast * (r * means[0] + g * means[1] + b * means[2])
     torch.mul(x[0], r * luma_gain, out=luma).add_(x[1], alpha=g * luma_gain).add_(x[2], alpha=b * luma_gain)
     luma.add_(offset)
-    torch.add(luma, x, alpha=gain, out=x).clamp_(0, limit)  # luma + gain x in one pass
+    torch.add(luma, x, alpha=gain, out=x).clamp_(0, 1)  # luma + gain x in one pass
 
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as torchvision's rgb_to_grayscale
