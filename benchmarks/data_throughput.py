@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lapa.data.datamodule import DataConfig, LAPADataModule
 from lapa.data.images import decode_jpeg, encode_jpeg
+from lapa.data.loader import DataConfig, train_loader
 from lapa.data.shards import shard_name, write_shard
 
 
@@ -71,7 +71,7 @@ def loader_rate(directory: Path, workers: int, batch: int, size: int) -> tuple[f
     cfg = DataConfig(train_shards=str(directory), val_shards=None, batch_size=batch, num_workers=workers,
                      image_size=size, shuffle_buffer=256, hflip=True, color_jitter=0.1)
     cpu = cpu_seconds()
-    loader = LAPADataModule(cfg, "laq").train_dataloader()
+    loader = train_loader(cfg)
     iterator = iter(loader)
     first = next(iterator)  # start-up (worker start, first shard) is not throughput...
     assert first["frames"].shape == (batch, 3, 2, size, size)

@@ -17,10 +17,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from lapa.sim.config import SimConfig  # noqa: E402
 from lapa.sim.policies import OracleConfig, ScriptedOracle  # noqa: E402
 from lapa.sim.rollout import run_episode  # noqa: E402
 from lapa.sim.tasks import FAMILIES  # noqa: E402
-from lapa.sim.world import SimConfig, TabletopWorld  # noqa: E402
+from lapa.sim.world import TabletopWorld  # noqa: E402
 
 
 class TimedWorld(TabletopWorld):

@@ -1,34 +1,14 @@
-"""Config machinery: schemas validate themselves and checkpoints can store the resolved config."""
+"""Config machinery: schemas validate themselves and checkpoints can store the resolved config.
+
+`ClusterConfig` serves as the example schema; its own presets and values: tests/training/test_cluster.py."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from lapa.config import ClusterConfig, ConfigError, compose, to_dict, to_schema, to_yaml
-
-
-def test_cluster_presets_compose_and_validate():
-    from importlib.resources import files
-
-    conf_dir = files("lapa") / "conf" / "cluster"
-    names = sorted(p.name for p in conf_dir.iterdir() if p.name.endswith(".yaml"))
-    assert {"local_dev.yaml", "lrz_h100.yaml"} <= set(names)
-    h100 = to_schema(OmegaConf.load(str(conf_dir / "lrz_h100.yaml")), ClusterConfig)
-    assert (h100.devices, h100.precision, h100.slurm.partition) == (4, "bf16-mixed", "mcml-hgx-h100-94x4")
-    local = to_schema(OmegaConf.load(str(conf_dir / "local_dev.yaml")), ClusterConfig)
-    assert local.resolved_precision() in {"32-true", "bf16-mixed"}
-
-
-@pytest.mark.parametrize("override, key", [
-    ({"num_nodes": 0}, "cluster.num_nodes=0"),
-    ({"devices": -1}, "cluster.devices=-1"),
-    ({"precision": "fp8"}, "cluster.precision='fp8'"),
-    ({"strategy": "horovod"}, "cluster.strategy='horovod'"),
-])
-def test_impossible_cluster_values_name_key_and_value(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("'", ".")):
-        to_schema(override, ClusterConfig)
+from lapa.config import ConfigError, compose, to_dict, to_schema, to_yaml
+from lapa.training.cluster import ClusterConfig
 
 
 def test_unknown_keys_and_wrong_types_are_config_errors():

@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
     "sim generate": Command("simulator: action-free videos + labelled demonstrations",
                             "lapa.sim.generate:run", "sim_generate", "lapa.sim.generate:GenerateConfig"),
     "sim eval": Command("simulator: closed-loop success rates of a policy",
-                        "lapa.sim.evaluate:run", "sim_eval", "lapa.sim.evaluate:SimEvalConfig"),
+                        "lapa.eval.closed_loop:run", "sim_eval", "lapa.eval.closed_loop:SimEvalConfig"),
     "demo": Command("the whole pipeline on built-in simulator data (what `make demo` runs)",
                     "lapa.demo:run", "demo", "lapa.demo:DemoConfig"),
 }

@@ -9,7 +9,6 @@ impossible config fails at start, never hours into a run.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -71,62 +70,3 @@ def to_dict(cfg: Any) -> dict:
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML text."""
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Cluster: where and how a training job runs (spec section 2.1.3, `cluster/*.yaml`).
-# ----------------------------------------------------------------------------------------------------
-@dataclass
-class SlurmConfig:
-    partition: str | None = None
-    qos: str | None = None
-    account: str | None = None
-
-
-@dataclass
-class StorageConfig:
-    data_root: str = "data"
-    checkpoint_dir: str = "runs/checkpoints"
-    log_dir: str = "runs/logs"
-
-
-@dataclass
-class ClusterConfig:
-    """Compute resources and distributed settings. `accelerator: auto` picks a GPU when one is present."""
-
-    name: str = "local_dev"
-    num_nodes: int = 1
-    devices: int | str = 1  # per node; "auto" uses every visible device
-    accelerator: str = "auto"  # auto | cpu | gpu
-    precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
-    strategy: str = "auto"  # auto | ddp | fsdp
-    backend: str | None = None  # nccl | gloo; None lets Lightning choose
-    cpus_per_task: int = 2
-    mem_gb: int = 16
-    time_limit: str = "01:00:00"
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-
-    def __post_init__(self) -> None:
-        require(self.num_nodes >= 1, "cluster.num_nodes", self.num_nodes, "must be >= 1")
-        require(
-            self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
-            "cluster.devices", self.devices, "must be a positive integer or 'auto'",
-        )
-        require(self.accelerator in {"auto", "cpu", "gpu", "cuda"}, "cluster.accelerator",
-                self.accelerator, "must be one of auto, cpu, gpu, cuda")
-        require(self.precision in {"auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"},
-                "cluster.precision", self.precision,
-                "must be one of auto, 32-true, bf16-mixed, 16-mixed, bf16-true")
-        require(self.strategy in {"auto", "ddp", "fsdp", "ddp_spawn"}, "cluster.strategy",
-                self.strategy, "must be one of auto, ddp, fsdp, ddp_spawn")
-
-    def resolved_precision(self) -> str:
-        """`auto` becomes bf16-mixed when a CUDA device will be used, else 32-true."""
-        if self.precision != "auto":
-            return self.precision
-        import torch
-
-        on_gpu = self.accelerator in {"gpu", "cuda"} or (
-            self.accelerator == "auto" and torch.cuda.is_available())
-        return "bf16-mixed" if on_gpu else "32-true"

@@ -8,7 +8,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lapa.data.datamodule import DataConfig, LAPADataModule
+from lapa.data.datamodule import LAPADataModule
+from lapa.data.frame_pairs import FRAME_PAIRS
+from lapa.data.loader import DataConfig
 
 
 class Counting(L.LightningModule):
@@ -42,4 +44,4 @@ if __name__ == "__main__":
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False)
-    trainer.fit(Counting(out), datamodule=LAPADataModule(cfg, "laq"))
+    trainer.fit(Counting(out), datamodule=LAPADataModule(cfg, fmt=FRAME_PAIRS))

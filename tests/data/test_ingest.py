@@ -19,7 +19,7 @@ from lapa.data.images import decode_jpeg
 from lapa.data.ingest import IngestConfig, run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from videos import frame_index, make_image_folder, make_video  # noqa: E402
+from videos import bordered_rgb, frame_index, make_image_folder, make_video  # noqa: E402
 
 # name -> (codec, frames, kwargs); all 10 fps
 VALID = {
@@ -113,7 +113,7 @@ def test_valid_videos_ingested_with_correct_frames(ingested):
         assert "action" not in " ".join(s)
     expected_ids = {name.rsplit(".", 1)[0] for name in VALID} | {"seq"}
     assert set(per_video) == expected_ids
-    for video_id, frames in per_video.items():  # every pair of every video, once
+    for frames in per_video.values():  # every pair of every video, once
         assert sorted(frames) == list(range(len(frames)))
     # Pairs of one video are spread out: each shard mixes videos.
     for items in shards.values():
@@ -228,6 +228,68 @@ def test_sidecar_action_and_csv_manifest(tmp_path):
         assert action[6] == actions[b - 1, 6]
         assert s["txt"].decode() == "push the cube, left"
     assert json.loads((out / "ingest_summary.json").read_text())["pairs_with_action"] == 2
+
+
+WHITE, GRAY, BLACK = (170, 256), (60, 140), (0, 40)  # luma ranges: frame band, frame inside, pad bars
+
+
+def strip(luma: np.ndarray, side: str, depth: tuple[int, int]) -> float:
+    """Mean luma of a strip `depth` (from, to) pixels in from one side, over the middle of that side."""
+    n = luma.shape[0]
+    mid, (a, b) = slice(n // 2 - 8, n // 2 + 8), depth
+    return float({"left": luma[mid, a:b], "right": luma[mid, n - b:n - a], "top": luma[a:b, mid],
+                  "bottom": luma[n - b:n - a, mid]}[side].mean())
+
+
+# video -> mode -> {(sides, depth): expected luma range}. Frames are gray inside a white band
+# (`videos.bordered_rgb`); the output is 64 x 64.
+EXPECTED_EDGES = {
+    "wide.mp4": {  # 160 x 120 (4:3)
+        "crop": {(("left", "right"), (0, 2)): GRAY, (("top", "bottom"), (0, 2)): WHITE},  # long side cut
+        "pad": {(("top", "bottom"), (0, 6)): BLACK, (("top", "bottom"), (9, 11)): WHITE,  # 8-row bars
+                (("left", "right"), (0, 2)): WHITE},
+        "squash": {(("left", "right", "top", "bottom"), (0, 2)): WHITE},
+    },
+    "tall.mp4": {  # 96 x 160 (portrait)
+        "crop": {(("top", "bottom"), (0, 2)): GRAY, (("left", "right"), (0, 2)): WHITE},
+        "pad": {(("left", "right"), (0, 11)): BLACK, (("left", "right"), (14, 16)): WHITE,  # 13-col bars
+                (("top", "bottom"), (0, 2)): WHITE},
+        "squash": {(("left", "right", "top", "bottom"), (0, 2)): WHITE},
+    },
+    "square.mp4": {mode: {(("left", "right", "top", "bottom"), (0, 2)): WHITE, (("left",), (20, 30)): GRAY}
+                   for mode in ("crop", "pad", "squash")},
+}
+
+
+def test_resize_modes_on_wide_portrait_and_square_videos(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, (w, h) in {"wide.mp4": (160, 120), "tall.mp4": (96, 160), "square.mp4": (120, 120)}.items():
+        make_video(src / name, "libx264", frames=4, width=w, height=h, pattern=bordered_rgb)
+    square_frames = {}
+    for mode in ("crop", "pad", "squash"):
+        out = tmp_path / mode
+        assert run(ingest_cfg(src, out, size=64, offset=1, resize_mode=mode)) == 0
+        samples = [s for items in read_shards(out).values() for s in items]
+        assert len(samples) == 3 * 3
+        for s in samples:
+            meta = json.loads(s["json"])
+            assert meta["resize_mode"] == mode
+            t = decode_jpeg(s["t.jpg"])
+            assert t.shape == (64, 64, 3)
+            luma = t.astype(np.float32).mean(axis=2)
+            for (sides, depth), (low, high) in EXPECTED_EDGES[meta["source"]][mode].items():
+                for side in sides:
+                    assert low <= strip(luma, side, depth) < high, (meta["source"], mode, side, depth)
+            if meta["source"] == "square.mp4":
+                square_frames.setdefault(mode, set()).add(s["t.jpg"])
+        summary = json.loads((out / "ingest_summary.json").read_text())
+        assert summary["config"]["resize_mode"] == mode
+    assert square_frames["crop"] == square_frames["pad"] == square_frames["squash"]  # nothing to change
+    # An output written with another mode is refused, not mixed.
+    assert run(ingest_cfg(src, tmp_path / "crop", size=64, offset=1, resize_mode="pad")) == 2
+    with pytest.raises(ConfigError, match="resize_mode='zoom'"):
+        ingest_cfg(src, tmp_path / "zoom", resize_mode="zoom")
 
 
 def test_nothing_ingested_is_an_error(tmp_path):

@@ -1,4 +1,4 @@
-"""The minimal tar reader (`shards.tar_samples`): the same samples as WebDataset, corrupt tars skipped."""
+"""The minimal tar reader (`tar_reader.tar_samples`): the same samples as WebDataset, corrupt tars skipped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from lapa.data.shards import ShardReadError, iter_tar_files, shard_samples, tar_samples
+from lapa.data.tar_reader import ShardReadError, iter_tar_files, shard_samples, tar_samples
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synth import make_pair_shards  # noqa: E402

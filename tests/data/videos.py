@@ -6,11 +6,12 @@ resizing, cropping and grayscale conversion well enough that `frame_index(rgb)` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from fractions import Fraction
 from PIL import Image
 
 STEP = 8
@@ -31,10 +32,20 @@ def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
     return rgb
 
 
+def bordered_rgb(i: int, width: int, height: int) -> np.ndarray:
+    """A mid-gray (100) frame framed by a white band, 10 % of the shorter side thick on every side: which
+    borders survive a resize tells crop, pad and squash apart. (The same for every i.)"""
+    band = round(0.1 * min(width, height))
+    rgb = np.full((height, width, 3), 255, dtype=np.uint8)
+    rgb[band:height - band, band:width - band] = 100
+    return rgb
+
+
 def make_video(path: Path, codec: str = "libx264", frames: int = 8, width: int = 64, height: int = 48,
-               fps: int = 10, gray: bool = False, pix_fmt: str = "yuv420p") -> Path:
-    """Encode `frames` frames; `gray` stores a single-channel (gray) pixel format. yuv420p needs even
-    sizes: odd sizes need e.g. ffv1 with yuv444p."""
+               fps: int = 10, gray: bool = False, pix_fmt: str = "yuv420p",
+               pattern: Callable[[int, int, int], np.ndarray] = frame_rgb) -> Path:
+    """Encode `frames` frames `pattern(i, width, height)`; `gray` stores a single-channel (gray) pixel
+    format. yuv420p needs even sizes: odd sizes need e.g. ffv1 with yuv444p."""
     assert level(frames - 1) <= 255, "too many frames for the pixel counter"
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
@@ -45,7 +56,7 @@ def make_video(path: Path, codec: str = "libx264", frames: int = 8, width: int =
         else:
             stream.bit_rate = 2_000_000
         for i in range(frames):
-            rgb = frame_rgb(i, width, height)
+            rgb = pattern(i, width, height)
             image = av.VideoFrame.from_ndarray(rgb[..., 0].copy() if gray else rgb,
                                                format="gray" if gray else "rgb24")
             for packet in stream.encode(image):

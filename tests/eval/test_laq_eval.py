@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval_shards import make_pair_shards
 from lapa.config import ConfigError, load
 from lapa.eval.laq_eval import EvalLAQConfig, atlas, compute_metrics, run
+from pair_shards import make_pair_shards
 
 
 def _cfg(*overrides: str) -> EvalLAQConfig:

@@ -1,4 +1,5 @@
-"""Each latent-action metric on constructed cases whose right answer is known."""
+"""Each evaluation measure on constructed cases whose right answer is known (the LAQ's own measures:
+tests/laq/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,49 +10,6 @@ import pytest
 import torch
 
 from lapa.eval import metrics as M
-
-
-def test_psnr_of_known_mse() -> None:
-    target = torch.zeros(2, 3, 4, 4)
-    pred = torch.full_like(target, 0.1)  # MSE 0.01 -> 20 dB
-    assert M.per_image_mse(pred, target).tolist() == pytest.approx([0.01, 0.01])
-    assert M.psnr(pred, target) == pytest.approx(20.0)
-    assert M.psnr_from_mse(1e-4) == pytest.approx(40.0)
-    assert M.psnr_from_mse(0.0) == math.inf
-    assert M.psnr_from_mse(np.array([1.0, 0.01])).tolist() == pytest.approx([0.0, 20.0])
-
-
-def test_psnr_clamps_prediction_and_uses_mean_mse() -> None:
-    target = torch.ones(2, 3, 2, 2)
-    pred = target.clone()
-    pred[0] = 2.0  # clamped to 1: no error
-    pred[1] = 0.9  # MSE 0.01 for image 1, 0 for image 0 -> mean 0.005
-    assert M.per_image_mse(pred, target).tolist() == pytest.approx([0.0, 0.01])
-    assert M.psnr(pred, target) == pytest.approx(10 * math.log10(1 / 0.005))
-    with pytest.raises(ValueError, match="shape mismatch"):
-        M.per_image_mse(pred, target[:1])
-
-
-def test_codebook_counts_perplexity_utilisation() -> None:
-    k = 8
-    uniform = np.stack([np.arange(64) % k, np.zeros(64, dtype=int)], axis=1)  # pos 0 uniform, pos 1 one code
-    counts = M.code_counts(uniform, k)
-    assert counts.shape == (2, k)
-    assert counts[0].tolist() == [8] * k and counts[1].tolist() == [64] + [0] * 7
-    assert M.perplexity(counts).tolist() == pytest.approx([8.0, 1.0])
-    assert M.utilisation(counts).tolist() == pytest.approx([1.0, 1 / 8])
-    # Two codes used equally -> perplexity 2.
-    assert M.perplexity(np.array([5, 5, 0, 0])) == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="outside 0..7"):
-        M.code_counts(np.array([[8]]), k)
-
-
-def test_combo_ids_and_histogram() -> None:
-    idx = np.array([[0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 1], [7, 7, 7, 7]])
-    assert M.combo_ids(idx, 8).tolist() == [1, 512, 1, 4095]
-    hist = M.combo_histogram(idx)
-    assert len(hist) == 3
-    assert hist[(0, 0, 0, 1)] == 2 and hist[(7, 7, 7, 7)] == 1
 
 
 def test_nmi_perfect_permuted_and_independent() -> None:
@@ -137,3 +95,10 @@ def test_derangement_has_no_fixed_point() -> None:
 def test_delta_psnr() -> None:
     assert M.delta_psnr(0.001, 0.01) == pytest.approx(10.0)
     assert M.delta_psnr(0.01, 0.01) == pytest.approx(0.0)
+
+
+def test_wilson_interval_numbers() -> None:
+    assert M.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert M.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert M.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert M.wilson_interval(0, 0) == (0.0, 1.0)

@@ -14,12 +14,12 @@ import torch
 from laq_train_fixtures import PairDataModule, moving_square_pairs, tiny_model_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lapa.config import ClusterConfig
-from lapa.data.datamodule import DataConfig
+from lapa.data.loader import DataConfig
 from lapa.laq import LAQ, LAQConfig, load_model
 from lapa.laq.optim import OptimizerConfig, SchedulerConfig
 from lapa.laq.task import CheckpointConfig, TrainingConfig
 from lapa.laq.train import TrainLAQConfig, run
+from lapa.training.cluster import ClusterConfig
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

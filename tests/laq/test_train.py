@@ -18,12 +18,13 @@ import torch
 from laq_train_fixtures import PairDataModule, moving_square_pairs, tiny_model_config, write_pair_shards
 
 from lapa.cli import main as lapa_main
-from lapa.config import ClusterConfig, ConfigError, load
-from lapa.data.datamodule import DataConfig
+from lapa.config import ConfigError, load
+from lapa.data.loader import DataConfig
 from lapa.laq import load_model
 from lapa.laq.optim import OptimizerConfig, SchedulerConfig
 from lapa.laq.task import CheckpointConfig, TrainingConfig
 from lapa.laq.train import TrainLAQConfig, run
+from lapa.training.cluster import ClusterConfig
 
 LAQ_BIN = str(Path(sys.executable).with_name("lapa"))
 # Small and fast on top of experiment=laq_debug (the debug preset's model, a 64-px 8x8 grid).

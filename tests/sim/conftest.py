@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from lapa.sim.world import SimConfig, TabletopWorld  # noqa: E402
+from lapa.sim.config import SimConfig  # noqa: E402
+from lapa.sim.world import TabletopWorld  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`lapa sim generate` / `lapa sim eval` through the CLI: output layout and formats (docs/contracts.md)."""
+"""`lapa sim generate` through the CLI: output layout and formats (docs/contracts.md). `lapa sim eval`:
+tests/eval/test_closed_loop.py."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import tarfile
 
 import av
 import numpy as np
-import pytest
 
 from lapa.cli import main
 from lapa.data.images import decode_jpeg
 from lapa.data.shards import decode_npy, list_shards
-from lapa.sim.evaluate import format_table, wilson_interval
 from lapa.sim.generate import GenerateConfig, episode_plan
 
 SMALL = ["sim.image_size=32", "workers=0", "tasks=[pick,push]"]
@@ -92,28 +91,6 @@ def test_generate_config_errors(capsys):
     assert "output" in capsys.readouterr().err
     assert main(["sim", "generate", "output=x", "tasks=[fly]"]) == 2
     assert "tasks" in capsys.readouterr().err
-
-
-def test_wilson_interval_numbers():
-    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
-    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
-def test_eval_random_and_checkpoint(tmp_path, capsys):
-    out = tmp_path / "eval"
-    args = ["sim", "eval", f"output={out}", "episodes=2", "videos_per_task=1", "max_steps=8", *SMALL]
-    assert main([*args, "policy=random"]) == 0
-    res = json.loads((out / "results.json").read_text())
-    assert set(res["families"]) == {"pick", "push"} and res["overall"]["episodes"] == 4
-    assert res["overall"]["successes"] == 0  # 8 random steps never pick or push
-    assert res["overall"]["ci95"] == pytest.approx(list(wilson_interval(0, 4)))
-    assert len(res["videos"]) == 2 and _frames(out / res["videos"][0]) == 9
-    text = capsys.readouterr().out
-    assert format_table(res) in text and "overall" in text
-    assert main([*args, "policy=/no/such/checkpoint.pt"]) == 2
-    assert "Stage 3" in capsys.readouterr().out
 
 
 def test_video_encoding_is_reproducible(tmp_path):

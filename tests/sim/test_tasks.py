@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lapa.sim.config import SimConfig
 from lapa.sim.policies import OracleConfig, ScriptedOracle
 from lapa.sim.rollout import run_episode
 from lapa.sim.tasks import DIRECTIONS, FAMILIES, make_task
-from lapa.sim.world import SimConfig
 
 
 class Idle:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from lapa.config import ConfigError
+from lapa.sim.config import SimConfig
 from lapa.sim.policies import RandomPolicy
 from lapa.sim.rollout import run_episode
 from lapa.sim.scene import sample_scene
-from lapa.sim.world import STATE_DIM, SimConfig, TabletopWorld
+from lapa.sim.world import STATE_DIM, TabletopWorld
 
 
 def test_clip_action_limits(world):
@@ -86,10 +87,10 @@ def test_config_errors_name_the_key(override, key):
 @pytest.mark.parametrize("preset", ["default", "hd", "randomized"])
 def test_presets_compose_and_host_every_task(preset):
     from lapa.config import load
-    from lapa.sim.evaluate import SimEvalConfig
+    from lapa.sim.generate import GenerateConfig
     from lapa.sim.tasks import FAMILIES, make_task
 
-    cfg = load("sim_eval", SimEvalConfig, ["output=x", f"sim={preset}"]).sim
+    cfg = load("sim_generate", GenerateConfig, ["output=x", f"sim={preset}"]).sim
     assert cfg.image_size == (256 if preset == "hd" else 128)
     for seed in range(10):
         for family in FAMILIES:

@@ -1,1 +1,2 @@
-"""Data: shard formats, images, ingest (videos -> shards), transforms and streaming data modules."""
+"""Data: shard formats (one module each), ingest (videos -> shards), tar reading, batching, loaders that
+need no Lightning (`loader`), a thin Lightning DataModule (`datamodule`), transforms."""

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lapa.data.images import encode_jpeg, resize_center_crop
+from lapa.data.images import encode_jpeg, resize_square
 from lapa.data.manifest import load_sidecar_actions, pair_action
-from lapa.data.video import VideoReadError, VideoReader, resample_indices
+from lapa.data.video import VideoReader, VideoReadError, resample_indices
 from lapa.io import atomic_path
 
 
@@ -36,6 +36,7 @@ class VideoJob:
     offset_seconds: float | None
     stride: int
     size: int
+    resize_mode: str  # `images.RESIZE_MODES`: how a frame becomes size x size
     quality: int
     sidecar: str | None  # the video's sidecar .npz when ingest has a sidecar dir, else None
     cache_dir: str
@@ -98,7 +99,7 @@ def _decode_to_cache(job: VideoJob, jpgs_path: Path, index_path: Path) -> VideoS
             num_frames = k + 1
             if k % job.stride and (k < offset or (k - offset) % job.stride):
                 continue
-            data = encode_jpeg(resize_center_crop(frame.rgb, job.size), job.quality)
+            data = encode_jpeg(resize_square(frame.rgb, job.size, job.resize_mode), job.quality)
             out.write(data)
             kept_k.append(k)
             kept_src.append(frame.source_index)

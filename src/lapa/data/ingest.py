@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -26,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import MISSING
-from tqdm import tqdm
 
 from lapa.config import require, to_dict
 from lapa.data.frame_cache import CacheEntry, VideoJob, VideoScan, pair_frames, scan_video
+from lapa.data.images import RESIZE_MODES
 from lapa.data.manifest import ManifestEntry, ManifestError, find_manifest, load_manifest
 from lapa.data.shards import shard_name, write_shard
 from lapa.data.video import VIDEO_EXTENSIONS, discover_videos
 from lapa.io import write_json_atomic
+from lapa.parallel import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class IngestConfig:
     stride: int = 1  # frames between the first frames of consecutive pairs of a video
     fps: float | None = None  # target frame rate; null keeps the native rate (never upsamples)
     sequence_fps: float = 10.0  # rate of image-sequence folders unless the manifest gives `fps`
-    size: int = 256  # square output size (resize shorter side, centre crop)
+    size: int = 256  # square output size
+    resize_mode: str = "crop"  # to size x size: crop (shorter side, centre crop), pad (letterbox), squash
     jpeg_quality: int = 95
     samples_per_shard: int = 1000
     max_shard_bytes: int = 1_500_000_000
@@ -76,6 +77,8 @@ class IngestConfig:
         require(self.fps is None or self.fps > 0, "fps", self.fps, "must be > 0 or null (native)")
         require(self.sequence_fps > 0, "sequence_fps", self.sequence_fps, "must be > 0")
         require(8 <= self.size <= 4096, "size", self.size, "must be in 8..4096")
+        require(self.resize_mode in RESIZE_MODES, "resize_mode", self.resize_mode,
+                f"must be one of {', '.join(RESIZE_MODES)}")
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
         require(self.samples_per_shard >= 1, "samples_per_shard", self.samples_per_shard, "must be >= 1")
         require(self.max_shard_bytes >= 1 << 16, "max_shard_bytes", self.max_shard_bytes,
@@ -122,15 +125,16 @@ def run(cfg: IngestConfig) -> int:
     workers = _num_workers(cfg.workers, len(jobs))
     print(f"ingest: {len(jobs)} videos from {cfg.input} -> {out} ({max(workers, 1)} worker(s))")
 
-    with _pool(workers) as pool:  # one pool for both phases: worker start-up is paid once
-        scans = _parallel(pool, scan_video, jobs, cfg.progress, "decode videos")
+    # One pool for both phases: worker start-up is paid once. 0 or 1 worker runs in this process.
+    with WorkerPool(workers if workers > 1 else 0) as pool:
+        scans = list(pool.map(scan_video, jobs, desc="decode videos", progress=cfg.progress))
         t_scan = time.time() - start
         shards = plan_shards(scans, cfg)
         paths = [out / shard_name(cfg.prefix, i) for i in range(len(shards))]
         cache_dir = str(out / CACHE_NAME)
-        todo = [ShardJob(str(p), entries, cache_dir, {v: infos[v] for _, v, _ in entries})
+        todo = [ShardJob(str(p), entries, cache_dir, {v: infos[v] for _, v, _ in entries}, cfg.resize_mode)
                 for p, entries in zip(paths, shards) if not p.exists()]
-        _parallel(pool, _write_pair_shard, todo, cfg.progress, "write shards")
+        list(pool.map(_write_pair_shard, todo, desc="write shards", progress=cfg.progress))
 
     seconds = time.time() - start
     summary = _summary(cfg, jobs, scans, shards, len(shards) - len(todo), workers,
@@ -159,8 +163,8 @@ def _video_jobs(cfg: IngestConfig) -> tuple[list[VideoJob], dict[int, VideoInfo]
         sidecar = str(Path(cfg.sidecar) / f"{name}.npz") if cfg.sidecar else None
         video_id = source if path.is_dir() else source[: -len(path.suffix)]
         jobs.append(VideoJob(index, str(path), source, entry.fps or cfg.sequence_fps, cfg.fps,
-                             cfg.offset, cfg.offset_seconds, cfg.stride, cfg.size, cfg.jpeg_quality,
-                             sidecar, str(Path(cfg.output) / CACHE_NAME)))
+                             cfg.offset, cfg.offset_seconds, cfg.stride, cfg.size, cfg.resize_mode,
+                             cfg.jpeg_quality, sidecar, str(Path(cfg.output) / CACHE_NAME)))
         infos[index] = VideoInfo(video_id, source, entry.instruction, entry.task)
     return jobs, infos
 
@@ -204,6 +208,7 @@ class ShardJob:
     entries: list[tuple[int, int, int]]  # (global position, video index, start frame), in shard order
     cache_dir: str
     infos: dict[int, VideoInfo]  # of the videos in this shard
+    resize_mode: str  # recorded in every pair's json
 
 
 def _write_pair_shard(job: ShardJob) -> int:
@@ -220,7 +225,7 @@ def _write_pair_shard(job: ShardJob) -> int:
                 t_jpg, t1_jpg, src_t, src_t1 = cache.read_pair(stream, k)
                 meta = {"video_id": info.video_id, "frame_idx": k, "frame_idx_t1": k + offset,
                         "offset": offset, "fps": cache.meta["fps"], "source": info.source,
-                        "src_frame_t": src_t, "src_frame_t1": src_t1}
+                        "src_frame_t": src_t, "src_frame_t1": src_t1, "resize_mode": job.resize_mode}
                 if info.task is not None:
                     meta["task"] = info.task
                 sample = {"__key__": f"{position:09d}", "t.jpg": t_jpg, "t1.jpg": t1_jpg, "json": meta}
@@ -236,36 +241,6 @@ def _write_pair_shard(job: ShardJob) -> int:
 def _num_workers(requested: int, num_jobs: int) -> int:
     count = (os.cpu_count() or 1) if requested == -1 else requested
     return max(0, min(count, num_jobs))
-
-
-class _InProcess:
-    """Stands in for a pool when workers <= 1."""
-
-    def __enter__(self) -> "_InProcess":
-        return self
-
-    def __exit__(self, *_) -> None:
-        pass
-
-    def imap(self, fn, items, chunksize: int = 1):
-        return map(fn, items)
-
-
-def _pool(workers: int):
-    if workers <= 1:
-        return _InProcess()
-    # spawn: the parent may hold threads (tqdm), which fork would copy in a broken state.
-    return mp.get_context("spawn").Pool(workers)
-
-
-def _parallel(pool, fn, items: list, progress: bool, desc: str) -> list:
-    """`[fn(item) for item in items]` through `pool`, in order, with a progress bar."""
-    results = []
-    with tqdm(total=len(items), desc=desc, unit="item", disable=not progress or not items) as bar:
-        for result in pool.imap(fn, items, chunksize=1):
-            results.append(result)
-            bar.update()
-    return results
 
 
 def _claim_output(out: Path, fingerprint: dict) -> bool:

@@ -5,8 +5,8 @@ Per epoch and DataLoader worker:
     shard order   plain: one seeded permutation per epoch (the same on every rank), then shards
                   `rank::world`, then `worker::workers`;  resampled (DDP): shards drawn with
                   replacement, seeded per (epoch, rank, worker), `batches_per_worker` batches each
-    samples       `shards.tar_samples`, then a seeded shuffle buffer
-    batches       the decode stage (`datamodule._Batches`), after skipping this worker's share of the
+    samples       `tar_reader.read_shards`, then a seeded shuffle buffer
+    batches       the decode stage (`batching.Batches`), after skipping this worker's share of the
                   batches a resumed run already consumed (grouped, not decoded)
 
 WebDataset's `detshuffle` and `ResampledShards` keep their epoch counters inside the worker processes
@@ -28,13 +28,7 @@ from dataclasses import dataclass
 import torch
 import webdataset as wds
 
-
-def mix_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (seed, epoch, rank, worker, ...), stable across runs."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value * 1_000_003 + int(part) + 0x632BE5AB) % (1 << 63)
-    return value
+from lapa.training.seeding import mix_seed
 
 
 def worker_share(consumed: int, worker: int, workers: int) -> int:

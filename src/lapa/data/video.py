@@ -68,7 +68,7 @@ def discover_videos(root: str | os.PathLike, extensions: tuple[str, ...] | list[
     return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
-def resample_indices(native_fps: float, target_fps: float | None) -> tuple[float, "_Selector"]:
+def resample_indices(native_fps: float, target_fps: float | None) -> tuple[float, _Selector]:
     """The effective fps and a selector of source frame indices for a target fps (None = native)."""
     if target_fps is None or target_fps >= native_fps:
         return native_fps, _Selector(1.0)

@@ -1,1 +1,2 @@
-"""Evaluation: latent-action quality metrics, the Stage 1 report (`lapa eval-laq`)."""
+"""Evaluation, above what it measures: latent-action quality (`lapa eval-laq`: `laq_eval`, `metrics`,
+`report`) and closed-loop policy evaluation in the simulator (`lapa sim eval`: `closed_loop`)."""

@@ -24,6 +24,8 @@ import torch
 from lapa.config import require
 from lapa.data.shards import list_shards
 from lapa.eval import metrics as M
+from lapa.laq import metrics as LM
+from lapa.training.cluster import DEVICE_CHOICES, resolve_device, valid_device
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class EvalLAQConfig:
     batch_size: int = 64
     num_workers: int = 2
     image_size: int | None = None  # None: the model's image_size
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda:LOCAL_RANK when available, else cpu) | cpu | cuda | cuda:N
     max_pairs: int = 5000  # evaluate at most this many pairs (0: all)
     seed: int = 0  # derangement, probe split and shuffles
     action_dims: list[int] = field(default_factory=lambda: [0, 1, 2])  # discretised: dx dy dz
@@ -60,8 +62,7 @@ class EvalLAQConfig:
         require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
         require(self.image_size is None or self.image_size >= 8, "image_size", self.image_size,
                 "must be >= 8 or null")
-        require(self.device in {"auto", "cpu"} or self.device.startswith("cuda"), "device", self.device,
-                "must be auto, cpu, cuda or cuda:N")
+        require(valid_device(self.device), "device", self.device, f"must be {DEVICE_CHOICES}")
         require(self.max_pairs >= 0, "max_pairs", self.max_pairs, "must be >= 0 (0: all pairs)")
         require(all(0 <= d < 7 for d in self.action_dims) and len(self.action_dims) >= 1, "action_dims",
                 self.action_dims, "must be a non-empty list of action dimensions in 0..6")
@@ -75,15 +76,9 @@ class EvalLAQConfig:
         require(self.atlas_frames >= 0, "atlas_frames", self.atlas_frames, "must be >= 0")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _batches(cfg: EvalLAQConfig, shards: list[str], image_size: int):
     """Frame-pair batches, stopping after `max_pairs` pairs (the last batch is cut to fit)."""
-    from lapa.data.datamodule import frame_pair_loader
+    from lapa.data.loader import frame_pair_loader
 
     seen = 0
     for batch in frame_pair_loader(shards, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -112,8 +107,8 @@ def collect(model: torch.nn.Module, cfg: EvalLAQConfig, shards: list[str], image
         idx = model.quantize(frames)  # [B, L]
         recon = model.decode(first, idx)  # [B, 3, H, W]
         idx_all.append(idx.cpu())
-        mse_recon.append(M.per_image_mse(recon, target).cpu())
-        mse_copy.append(M.per_image_mse(first, target).cpu())
+        mse_recon.append(LM.per_image_mse(recon, target).cpu())
+        mse_copy.append(LM.per_image_mse(first, target).cpu())
         if batch.get("action") is None:
             has_action = False
         elif has_action:
@@ -135,7 +130,7 @@ def collect(model: torch.nn.Module, cfg: EvalLAQConfig, shards: list[str], image
         frames = batch["frames"].to(device)
         b = len(frames)
         other = indices[perm[offset:offset + b]].to(device)
-        mse_random.append(M.per_image_mse(model.decode(frames[:, :, 0], other), frames[:, :, 1]).cpu())
+        mse_random.append(LM.per_image_mse(model.decode(frames[:, :, 0], other), frames[:, :, 1]).cpu())
         offset += b
     if offset != n:
         raise RuntimeError(f"the frame-pair loader is not deterministic: {offset} pairs then {n}")
@@ -153,7 +148,7 @@ def action_metrics(indices: np.ndarray, actions: np.ndarray, codebook_size: int,
     """NMI and linear probes from latent actions `[N, L]` to true actions `[N, 7]`, with shuffled baselines."""
     classes = M.discretize_actions(actions, cfg.action_dims, cfg.action_bins)
     classes_shuf = M.shuffled(classes, cfg.seed)
-    combos = M.combo_ids(indices, codebook_size)
+    combos = LM.combo_ids(indices, codebook_size)
     # NMI keeps a positive bias at finite N when the latent has many distinct values (up to K^L): the
     # baseline is the mean over several shuffles, and the adjusted NMI rescales the gap above it to
     # (NMI - baseline) / (1 - baseline), a Monte Carlo version of adjusted mutual information.
@@ -184,24 +179,24 @@ def compute_metrics(data: dict[str, Any], codebook_size: int, cfg: EvalLAQConfig
     """All numbers of the report from the collected arrays."""
     indices = data["indices"]
     mse, copy, rand = (float(np.mean(data[k])) for k in ("mse_recon", "mse_copy", "mse_random"))
-    counts = M.code_counts(indices, codebook_size)
-    combos = M.combo_histogram(indices)
+    counts = LM.code_counts(indices, codebook_size, per_position=True)
+    combos = LM.combo_histogram(indices)
     combo_counts = np.array(list(combos.values()))
     out: dict[str, Any] = {
         "pairs": int(len(indices)),
-        "reconstruction": {"mse": mse, "psnr": M.psnr_from_mse(mse), "copy_mse": copy,
-                           "copy_psnr": M.psnr_from_mse(copy),
-                           "psnr_gain_over_copy": M.psnr_from_mse(mse) - M.psnr_from_mse(copy)},
-        "controllability": {"psnr_inferred_latent": M.psnr_from_mse(mse),
-                            "psnr_random_latent": M.psnr_from_mse(rand),
+        "reconstruction": {"mse": mse, "psnr": LM.psnr_from_mse(mse), "copy_mse": copy,
+                           "copy_psnr": LM.psnr_from_mse(copy),
+                           "psnr_gain_over_copy": LM.psnr_from_mse(mse) - LM.psnr_from_mse(copy)},
+        "controllability": {"psnr_inferred_latent": LM.psnr_from_mse(mse),
+                            "psnr_random_latent": LM.psnr_from_mse(rand),
                             "delta_psnr": M.delta_psnr(mse, rand)},
         "codebook": {
             "codebook_size": codebook_size, "code_seq_len": int(indices.shape[1]),
-            "perplexity_per_position": M.perplexity(counts).tolist(),
-            "utilisation_per_position": M.utilisation(counts).tolist(),
+            "perplexity_per_position": LM.perplexity(counts).tolist(),
+            "utilisation_per_position": LM.utilisation(counts).tolist(),
             "code_histogram": counts.tolist(),
             "distinct_latent_actions": len(combos),
-            "latent_action_perplexity": float(M.perplexity(combo_counts)),
+            "latent_action_perplexity": float(LM.perplexity(combo_counts)),
             "top_latent_actions": [{"codes": list(c), "count": k} for c, k in combos.most_common(10)],
         },
         "action": None,
@@ -243,7 +238,7 @@ def run(cfg: EvalLAQConfig) -> int:
     from lapa.laq import load_model
 
     start = time.perf_counter()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     shards = list_shards(cfg.shards)
     model = load_model(cfg.checkpoint).to(device).eval()
     codebook_size, image_size = int(model.cfg.codebook_size), cfg.image_size or int(model.cfg.image_size)

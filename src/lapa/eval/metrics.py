@@ -1,99 +1,27 @@
-"""Latent-action quality metrics: reconstruction, codebook usage, information about the true action.
+"""Evaluation measures: information between latent and true actions, linear probes, controllability,
+and the confidence interval of a success rate.
 
-Everything here is pure numpy/torch on in-memory arrays so each measure can be tested on constructed
-cases whose right answer is known. Conventions:
+The LAQ's own measures (codebook statistics, reconstruction PSNR) live in `lapa.laq.metrics`, beside the
+model that training and labelling also measure; everything here is pure numpy/torch on in-memory arrays
+so each measure can be tested on constructed cases whose right answer is known. Conventions:
 
-- Pixels are floats in [0, 1]; predictions are clamped to [0, 1] before any error is measured (the LAQ
-  decoder's output is not clamped, but an image is).
-- PSNR of a set of images is computed from the *mean* MSE over the set, `10 log10(1 / mean_mse)`, not as
-  the mean of per-image PSNRs: a pair whose two frames are identical (a robot standing still) has an
-  infinite per-image copy-PSNR, which would make the mean meaningless.
-- Latent actions are int arrays `[N, L]` (L positions, each a code in 0..K-1); a whole latent action is
-  identified by its combination id `sum_l idx[:, l] * K**(L-1-l)`.
 - Normalised mutual information uses the arithmetic mean of the two entropies (scikit-learn's default):
   `NMI = I(a; b) / ((H(a) + H(b)) / 2)`, in nats, 1 for identical partitions, ~0 for independent ones
   (a positive bias remains at finite N when a label has many classes: hence the shuffled baselines).
+- Success rates (closed-loop policy evaluation) come with Wilson score intervals, which stay inside
+  [0, 1] and are honest at 0 or N successes out of a few dozen episodes, where the normal approximation
+  collapses to a zero-width interval.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 
 import numpy as np
 import torch
 
-Array = np.ndarray | torch.Tensor
-
-
-def _np(x: Array) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reconstruction
-# --------------------------------------------------------------------------------------------------
-def per_image_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE of each image: pred/target `[B, C, H, W]` in [0, 1] -> `[B]` (pred clamped to [0, 1])."""
-    if pred.shape != target.shape:
-        raise ValueError(f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
-    diff = pred.float().clamp(0.0, 1.0) - target.float()
-    return diff.pow(2).flatten(1).mean(dim=1)
-
-
-def psnr_from_mse(mse: float | np.ndarray, max_val: float = 1.0) -> float | np.ndarray:
-    """`10 log10(max_val^2 / mse)` in dB; an MSE of 0 gives +inf."""
-    mse = np.asarray(mse, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        out = 10.0 * np.log10(max_val**2 / mse)
-    return float(out) if out.ndim == 0 else out
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR (dB) of a batch `[B, C, H, W]` from its mean MSE (see the module docstring)."""
-    return float(psnr_from_mse(float(per_image_mse(pred, target).mean())))
-
-
-# --------------------------------------------------------------------------------------------------
-# Codebook usage
-# --------------------------------------------------------------------------------------------------
-def code_counts(indices: Array, codebook_size: int) -> np.ndarray:
-    """How often each code is used at each position: indices `[N, L]` -> counts `[L, K]` int64."""
-    idx = _np(indices).astype(np.int64)
-    if idx.ndim != 2:
-        raise ValueError(f"indices must be [N, L], got shape {idx.shape}")
-    if idx.size and (idx.min() < 0 or idx.max() >= codebook_size):
-        raise ValueError(f"indices outside 0..{codebook_size - 1}: min {idx.min()}, max {idx.max()}")
-    return np.stack([np.bincount(idx[:, pos], minlength=codebook_size) for pos in range(idx.shape[1])])
-
-
-def perplexity(counts: np.ndarray) -> np.ndarray:
-    """exp(entropy) of the usage distribution along the last axis: `[..., K]` -> `[...]`.
-
-    K for uniform usage, 1 when a single code is used (and 0 for no observations at all).
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum(axis=-1, keepdims=True)
-    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
-    ent = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    return np.where(total[..., 0] > 0, np.exp(ent), 0.0)
-
-
-def utilisation(counts: np.ndarray) -> np.ndarray:
-    """Fraction of the K codes used at least once: `[..., K]` -> `[...]` in [0, 1]."""
-    counts = np.asarray(counts)
-    return (counts > 0).sum(axis=-1) / counts.shape[-1]
-
-
-def combo_ids(indices: Array, codebook_size: int) -> np.ndarray:
-    """One integer per latent action: `[N, L]` -> `[N]` int64 (base-K number, position 0 most significant)."""
-    idx = _np(indices).astype(np.int64)
-    weights = codebook_size ** np.arange(idx.shape[1] - 1, -1, -1, dtype=np.int64)
-    return idx @ weights
-
-
-def combo_histogram(indices: Array) -> Counter:
-    """Counts of each whole latent action (tuple of L codes); `len()` is the number of distinct combos."""
-    return Counter(tuple(int(v) for v in row) for row in _np(indices).astype(np.int64))
+from lapa.laq.metrics import Array, psnr_from_mse
+from lapa.laq.metrics import to_numpy as _np
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,3 +194,17 @@ def delta_psnr(mse_inferred: float, mse_random: float) -> float:
     """Controllability (Genie's delta-t PSNR): PSNR with the inferred latent minus PSNR with the latent
     of a random other pair; > 0 when the decoder's prediction depends on the latent action."""
     return float(psnr_from_mse(mse_inferred) - psnr_from_mse(mse_random))
+
+
+# --------------------------------------------------------------------------------------------------
+# Success rates
+# --------------------------------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -19,43 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lapa.io import atomic_path, write_json_atomic, write_text_atomic
-
-PAD = 4
-LABEL_H = 14
-BG = (255, 255, 255)
-INK = (20, 20, 20)
-RED = (220, 30, 30)
-
-
-def to_uint8(img: torch.Tensor, min_size: int = 96) -> np.ndarray:
-    """`[3, H, W]` in [0, 1] -> `[H', W', 3]` uint8, upscaled (nearest) so small frames stay visible."""
-    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    scale = max(1, math.ceil(min_size / arr.shape[0]))
-    return arr.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else arr
-
-
-def tile(rows: list[list[np.ndarray]], col_labels: list[str] | None = None,
-         row_labels: list[str] | None = None, highlight: set[tuple[int, int]] | None = None) -> Image.Image:
-    """A padded grid of equally sized uint8 images with optional column/row labels and red frames."""
-    h, w = rows[0][0].shape[:2]
-    left = 28 if row_labels else 0
-    top = LABEL_H if col_labels else 0
-    ncols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (left + ncols * (w + PAD) + PAD, top + len(rows) * (h + PAD) + PAD), BG)
-    draw = ImageDraw.Draw(canvas)
-    for c, text in enumerate(col_labels or []):
-        draw.text((left + PAD + c * (w + PAD), 1), text, fill=INK)
-    for r, row in enumerate(rows):
-        y = top + PAD + r * (h + PAD)
-        if row_labels:
-            draw.text((2, y + h // 2 - 5), row_labels[r], fill=INK)
-        for c, img in enumerate(row):
-            x = left + PAD + c * (w + PAD)
-            canvas.paste(Image.fromarray(img), (x, y))
-            if highlight and (r, c) in highlight:
-                draw.rectangle([x - 2, y - 2, x + w + 1, y + h + 1], outline=RED, width=2)
-    return canvas
+from lapa.io import write_json_atomic, write_text_atomic
+from lapa.pictures import BG, INK, LABEL_H, save_png, tile, to_uint8
 
 
 def recon_grid(first: torch.Tensor, target: torch.Tensor, recon: torch.Tensor) -> Image.Image:
@@ -109,11 +74,6 @@ def usage_chart(counts: np.ndarray, bar_w: int = 14, height: int = 110) -> Image
     return canvas
 
 
-def _save_png(img: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
 def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -122,12 +82,14 @@ def markdown(metrics: dict[str, Any], atlas_files: list[str]) -> str:
     """The report text: verdict, tables and the pictures."""
     rec, ctl, cb, act, ver = (metrics[k] for k in ("reconstruction", "controllability", "codebook",
                                                      "action", "verdict"))
+    beats = "beats" if ver["beats_copy_baseline"] else "does NOT beat"
+    uses = "does" if ver["controllable"] else "does NOT"
     verdict = [
         f"- Reconstruction: the LAQ predicts frame t+1 at **{rec['psnr']:.2f} dB** PSNR against "
-        f"{rec['copy_psnr']:.2f} dB for copying frame t: it **{'beats' if ver['beats_copy_baseline'] else 'does NOT beat'}**"
+        f"{rec['copy_psnr']:.2f} dB for copying frame t: it **{beats}**"
         f" the copy baseline ({rec['psnr_gain_over_copy']:+.2f} dB).",
         f"- Controllability: replacing the inferred latent action by another pair's changes the PSNR by "
-        f"{ctl['delta_psnr']:+.2f} dB: the decoder {'does' if ver['controllable'] else 'does NOT'} use the latent action "
+        f"{ctl['delta_psnr']:+.2f} dB: the decoder {uses} use the latent action "
         f"(criterion: at least {ver['min_delta_psnr']} dB).",
     ]
     if act is None:
@@ -187,13 +149,13 @@ def write_report(out_dir: Path, metrics: dict[str, Any], examples: tuple[torch.T
     """Write the pictures, metrics.json and report.md into `out_dir`; returns `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     first, target, recon, codes = examples
-    _save_png(recon_grid(first, target, recon), out_dir / "recon_grid.png")
-    _save_png(usage_chart(np.asarray(metrics["codebook"]["code_histogram"])), out_dir / "code_usage.png")
+    save_png(recon_grid(first, target, recon), out_dir / "recon_grid.png")
+    save_png(usage_chart(np.asarray(metrics["codebook"]["code_histogram"])), out_dir / "code_usage.png")
     atlas_files = []
     for i, grid in enumerate(atlases):
         name = f"atlas_{i}.png"
-        _save_png(atlas_image(first[i], target[i], grid, codes[i]), out_dir / name)
-        _save_png(atlas_image(first[i], target[i], grid, codes[i], change=True), out_dir / f"atlas_{i}_change.png")
+        save_png(atlas_image(first[i], target[i], grid, codes[i]), out_dir / name)
+        save_png(atlas_image(first[i], target[i], grid, codes[i], change=True), out_dir / f"atlas_{i}_change.png")
         atlas_files.append(name)
     write_json_atomic(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     write_text_atomic(out_dir / "report.md", markdown(metrics, atlas_files))

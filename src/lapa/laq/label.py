@@ -31,17 +31,11 @@ import torch
 
 from lapa.config import require
 from lapa.data.shards import decode_npy, list_shards, write_shard
-from lapa.eval.metrics import code_counts, combo_ids, perplexity, utilisation
 from lapa.io import write_json_atomic
+from lapa.laq.metrics import code_counts, combo_ids, perplexity, utilisation
+from lapa.training.cluster import DEVICE_CHOICES, dist_env, resolve_device, valid_device
 
 log = logging.getLogger(__name__)
-
-
-def _env_int(*names: str) -> int | None:
-    for name in names:
-        if os.environ.get(name, "").strip().isdigit():
-            return int(os.environ[name])
-    return None
 
 
 @dataclass
@@ -69,27 +63,20 @@ class LabelConfig:
         require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
         require(self.image_size is None or self.image_size >= 8, "image_size", self.image_size,
                 "must be >= 8 or null")
-        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-                "device", self.device, "must be auto, cpu, cuda or cuda:N")
+        require(valid_device(self.device), "device", self.device, f"must be {DEVICE_CHOICES}")
         world = self.resolved_world_size()
         require(world >= 1, "world_size", self.world_size, "must be >= 1")
         rank = self.resolved_rank()
         require(0 <= rank < world, "rank", rank, f"must lie in 0..{world - 1} (world_size={world})")
 
     def resolved_rank(self) -> int:
-        return self.rank if self.rank is not None else (_env_int("RANK", "SLURM_PROCID") or 0)
+        return self.rank if self.rank is not None else dist_env().rank
 
     def resolved_world_size(self) -> int:
-        if self.world_size is not None:
-            return self.world_size
-        return _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
+        return self.world_size if self.world_size is not None else dist_env().world_size
 
     def resolved_device(self) -> torch.device:
-        if self.device != "auto":
-            return torch.device(self.device)
-        if torch.cuda.is_available():
-            return torch.device("cuda", (_env_int("LOCAL_RANK", "SLURM_LOCALID") or 0) % torch.cuda.device_count())
-        return torch.device("cpu")
+        return resolve_device(self.device)
 
 
 def output_name(prefix: str, input_shard: str) -> str:
@@ -132,7 +119,7 @@ def _model_dims(model: torch.nn.Module) -> tuple[int, int, int]:
 def label_shard(model: torch.nn.Module, shard: str, out_path: Path, cfg: LabelConfig,
                 device: torch.device, image_size: int) -> np.ndarray:
     """Label one input shard and write its output shard atomically; returns the labels `[N, L]`."""
-    from lapa.data.datamodule import frame_pair_loader
+    from lapa.data.loader import frame_pair_loader
 
     codebook_size, code_seq_len, _ = _model_dims(model)
     samples: list[dict[str, Any]] = []
@@ -155,7 +142,7 @@ def label_shard(model: torch.nn.Module, shard: str, out_path: Path, cfg: LabelCo
 
 def summarise(labels: np.ndarray, codebook_size: int) -> dict[str, Any]:
     """Code histogram per position, perplexity, utilisation and distinct latent actions of labels `[N, L]`."""
-    counts = code_counts(labels, codebook_size)
+    counts = code_counts(labels, codebook_size, per_position=True)
     return {
         "code_histogram": counts.tolist(),
         "perplexity_per_position": [round(float(p), 4) for p in perplexity(counts)],

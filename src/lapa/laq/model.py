@@ -29,8 +29,7 @@ from torch import Tensor, nn
 
 from lapa.config import require
 from lapa.laq.attention import ContinuousPositionBias
-from lapa.laq.nsvq import (ACTION_TOKENS, NSVQ, REFERENCE_REPLACEMENT_STEPS, REPLACEMENT_SOURCES,
-                           cnn_output_side)
+from lapa.laq.nsvq import ACTION_TOKENS, NSVQ, REFERENCE_REPLACEMENT_STEPS, REPLACEMENT_SOURCES, cnn_output_side
 from lapa.laq.transformer import Transformer
 
 PIXEL_CONVENTIONS = ("reference", "signed_tanh")

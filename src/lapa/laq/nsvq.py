@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lapa.laq.metrics import perplexity_of
+
 log = logging.getLogger(__name__)
 
 # Steps at which unused codes are replaced in the published training: 10..90, 100..900, 1000..4500.
@@ -55,21 +57,6 @@ def cnn_output_side(grid_side: int, code_seq_len: int) -> int:
     if code_seq_len == 4:
         return side - 3 + 1
     return (side + 2 - 3) // 2 + 1
-
-
-def code_counts(indices: Tensor, codebook_size: int) -> Tensor:
-    """How often each code occurs in `indices` (any shape): float `[K]`.
-
-    scatter_add rather than bincount: bincount syncs with the host on CUDA to size its output."""
-    flat = indices.flatten()
-    ones = torch.ones_like(flat, dtype=torch.float)
-    return torch.zeros(codebook_size, device=flat.device).scatter_add_(0, flat, ones)
-
-
-def perplexity_of(indices: Tensor, codebook_size: int) -> Tensor:
-    """exp(entropy) of the code histogram of `indices` (any shape), as the reference computes it."""
-    probs = code_counts(indices, codebook_size) / indices.numel()
-    return torch.exp(-torch.sum(probs * torch.log(probs + 1e-10)))
 
 
 REPLACEMENT_SOURCES = ("used_codes", "recent_deltas")

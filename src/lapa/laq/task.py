@@ -29,8 +29,8 @@ import torch
 
 from lapa.config import require, to_dict, to_schema
 from lapa.laq import LAQ, LAQConfig
+from lapa.laq.metrics import code_counts, psnr_from_mse, utilisation
 from lapa.laq.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
-from lapa.laq.nsvq import code_counts
 
 
 @dataclass
@@ -92,9 +92,8 @@ class TrainingConfig:
         require(self.num_vis_rows >= 0, "training.num_vis_rows", self.num_vis_rows, "must be >= 0")
 
 
-def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB for pixels in [0, 1]; the MSE is floored at 1e-10 (100 dB) to stay finite."""
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+# Logged PSNR floors the MSE at 1e-10 (100 dB): a perfect batch must not put an infinity into the logs.
+PSNR_MIN_MSE = 1e-10
 
 
 class LAQTask(L.LightningModule):
@@ -140,13 +139,13 @@ class LAQTask(L.LightningModule):
         with torch.no_grad():
             sq, sq_copy = self._errors(frames, out.recon)
             numel = frames[:, :, 1].numel()
-            used = code_counts(out.indices, self.model_cfg.codebook_size) > 0  # no host sync
+            usage = utilisation(code_counts(out.indices, self.model_cfg.codebook_size))  # no host sync
         bs = frames.shape[0]
         self.log("train/loss_recon", out.loss, prog_bar=True, batch_size=bs)
         self.log("train/perplexity", out.perplexity, batch_size=bs)
-        self.log("train/codebook_utilization", used.float().mean(), batch_size=bs)
-        self.log("train/psnr", psnr_from_mse(sq / numel), prog_bar=True, batch_size=bs)
-        self.log("train/psnr_copy", psnr_from_mse(sq_copy / numel), batch_size=bs)
+        self.log("train/codebook_utilization", usage, batch_size=bs)
+        self.log("train/psnr", psnr_from_mse(sq / numel, min_mse=PSNR_MIN_MSE), prog_bar=True, batch_size=bs)
+        self.log("train/psnr_copy", psnr_from_mse(sq_copy / numel, min_mse=PSNR_MIN_MSE), batch_size=bs)
         return out.loss
 
     def on_validation_epoch_start(self) -> None:
@@ -184,9 +183,9 @@ class LAQTask(L.LightningModule):
         metrics = {
             "val/loss_recon": s["loss"] / s["pairs"],
             "val/perplexity": s["perplexity"] / s["batches"],
-            "val/codebook_utilization": (s["counts"] > 0).double().mean(),
-            "val/psnr": psnr_from_mse(s["sq"] / s["numel"]),
-            "val/psnr_copy": psnr_from_mse(s["sq_copy"] / s["numel"]),
+            "val/codebook_utilization": utilisation(s["counts"]),
+            "val/psnr": psnr_from_mse(s["sq"] / s["numel"], min_mse=PSNR_MIN_MSE),
+            "val/psnr_copy": psnr_from_mse(s["sq_copy"] / s["numel"], min_mse=PSNR_MIN_MSE),
         }
         for key, value in metrics.items():
             self.log(key, value.float(), prog_bar=key in {"val/loss_recon", "val/psnr"}, sync_dist=False)

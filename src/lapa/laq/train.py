@@ -22,33 +22,30 @@ stream restarts at the beginning of the saved epoch, with a warning).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lapa.config import ClusterConfig, require, to_dict, to_yaml
-from lapa.data.datamodule import DataConfig, LAPADataModule
-from lapa.io import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from lapa.config import require, to_dict, to_yaml
+from lapa.data.datamodule import LAPADataModule
+from lapa.data.frame_pairs import FRAME_PAIRS
+from lapa.data.loader import DataConfig
 from lapa.laq import LAQConfig, save_model
-from lapa.laq.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, ReconstructionGrid, SeedPerBatch
+from lapa.laq.callbacks import ReconstructionGrid
 from lapa.laq.task import LAQTask, TrainingConfig
+from lapa.training.cluster import ClusterConfig, apply_precision, make_strategy
+from lapa.training.lightning_callbacks import (
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    SeedPerBatch,
+    checkpoint_callbacks,
+    checkpoint_step,
+)
+from lapa.training.loggers import WandbConfig, check_logger, make_logger
+from lapa.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-
-LOGGERS = ("csv", "tensorboard", "wandb")
-
-
-@dataclass
-class WandbConfig:
-    """`wandb`: used when `logger=wandb` (needs the `wandb` extra)."""
-
-    project: str = "lapa"
-    entity: str | None = None
-    offline: bool = False  # true: log to disk only, `wandb sync` later (no account or network needed)
 
 
 @dataclass
@@ -67,105 +64,13 @@ class TrainLAQConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        require(self.logger in LOGGERS, "logger", self.logger, f"must be one of {', '.join(LOGGERS)}")
+        check_logger(self.logger)
         require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
         require(self.resume in (None, "auto") or Path(str(self.resume)).is_file(), "resume", self.resume,
                 "must be null, 'auto' or an existing checkpoint file")
         image_size = getattr(self.data, "image_size", None)
         require(image_size in (None, self.model.image_size), "data.image_size", image_size,
                 f"must equal model.image_size={self.model.image_size} (the model's input size)")
-        if self.logger == "tensorboard":
-            require(_has_module("tensorboard") or _has_module("tensorboardX"), "logger", self.logger,
-                    "needs the tensorboard package (pip install tensorboard)")
-        if self.logger == "wandb":
-            require(_has_module("wandb"), "logger", self.logger,
-                    "needs the wandb package (pip install 'lapa[wandb]')")
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-def resolve_resume(cfg: TrainLAQConfig) -> str | None:
-    """The checkpoint to continue from: an explicit path, or last.ckpt for `auto` (None when absent)."""
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    return str(cfg.resume)
-
-
-def drop_checkpoints_after(ckpt_dir: Path, step: int) -> list[Path]:
-    """Delete periodic checkpoints `step_N*.ckpt` with N > `step`; returns the deleted paths.
-
-    A run killed between writing `step_N.ckpt` and `last.ckpt` leaves a periodic checkpoint newer than the
-    state it resumes from. The resumed run replays those steps and writes them again, and the periodic
-    callback's bookkeeping (restored from the checkpoint) does not know the orphan, so it would never be
-    rotated out. Call on rank 0 before training starts.
-    """
-    dropped = []
-    for path in sorted(ckpt_dir.glob("step_*.ckpt")):
-        match = re.fullmatch(r"step_(\d+)(-v\d+)?\.ckpt", path.name)
-        if match and int(match.group(1)) > step:
-            path.unlink(missing_ok=True)
-            dropped.append(path)
-    return dropped
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The global step stored in a Lightning checkpoint (memory-mapped: the weights are not read)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-
-
-def _make_logger(cfg: TrainLAQConfig) -> Any:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-
-    out = Path(cfg.output_dir)
-    if cfg.logger == "tensorboard":
-        return TensorBoardLogger(save_dir=str(out), name="logs")
-    if cfg.logger == "wandb":
-        return WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.experiment_name,
-                           save_dir=str(out / "logs"), offline=cfg.wandb.offline)
-    # A new version_N folder per (re)start: a resumed run never overwrites the earlier metrics.
-    return CSVLogger(save_dir=str(out), name="logs")
-
-
-def _make_strategy(cluster: ClusterConfig) -> Any:
-    """`ddp` with the configured backend (gloo on CPU, nccl on GPU); other names pass to Lightning."""
-    if cluster.strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(process_group_backend=cluster.backend)
-    return cluster.strategy
-
-
-def _checkpoint_callbacks(cfg: TrainLAQConfig, ckpt_dir: Path) -> tuple[list, Any]:
-    """Periodic (also writes last.ckpt) and best-by-val-loss ModelCheckpoints; returns (all, best)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    ck = cfg.training.checkpoint
-    callbacks: list = []
-    if ck.every_n_steps > 0:
-        # monitor="step", mode="max": keep the newest `keep_periodic` periodic checkpoints.
-        callbacks.append(ModelCheckpoint(
-            dirpath=ckpt_dir, filename="step_{step:08d}", auto_insert_metric_name=False,
-            every_n_train_steps=ck.every_n_steps, save_top_k=ck.keep_periodic, monitor="step",
-            mode="max", save_last=True,
-            # A replayed step overwrites its file instead of adding `step_N-v1.ckpt` beside it.
-            enable_version_counter=False,
-            # Save on the step itself: "step" is never stale, so Lightning must not defer a save that
-            # falls on an epoch's last batch to a validation that may not run at that step.
-            save_on_train_epoch_end=True))
-    best = None
-    if ck.save_best:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
-                               monitor=ck.monitor, mode="min", save_top_k=1,
-                               save_last=ck.every_n_steps == 0)
-        callbacks.append(best)
-    return callbacks, best
 
 
 def build_trainer(cfg: TrainLAQConfig, callbacks: list, logger: Any) -> Any:
@@ -180,7 +85,7 @@ def build_trainer(cfg: TrainLAQConfig, callbacks: list, logger: Any) -> Any:
     callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps))]
     return L.Trainer(
         accelerator="gpu" if c.accelerator == "cuda" else c.accelerator,
-        devices=c.devices, num_nodes=c.num_nodes, strategy=_make_strategy(c),
+        devices=c.devices, num_nodes=c.num_nodes, strategy=make_strategy(c),
         precision=c.resolved_precision(),
         max_steps=t.max_steps, max_epochs=t.max_epochs,
         val_check_interval=t.val_check_interval,
@@ -216,35 +121,33 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     out = Path(cfg.output_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_path = resolve_resume(cfg)
+    run_dir = RunDir(out)
+    ckpt_path = run_dir.resolve_resume(cfg.resume)
     if rank_zero_only.rank == 0:  # only rank 0 writes checkpoints; nothing is saving yet
-        remove_stale_temporaries(ckpt_dir)
-        if ckpt_path:
-            for path in drop_checkpoints_after(ckpt_dir, checkpoint_step(ckpt_path)):
-                log.info("removed %s: newer than the resumed state, it will be written again", path.name)
+        for path in run_dir.clean(checkpoint_step(ckpt_path) if ckpt_path else None):
+            log.info("removed %s: newer than the resumed state, it will be written again", path.name)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.cluster.resolved_precision() in {"bf16-mixed", "16-mixed"}:
-        torch.set_float32_matmul_precision("high")
+    precision = apply_precision(cfg.cluster)
 
     config_dict, config_yaml = to_dict(cfg), to_yaml(cfg)
     task = LAQTask(cfg.model, cfg.training)
     if datamodule is None:
-        datamodule = LAPADataModule(cfg.data, task="laq")
-    ckpt_callbacks, best_cb = _checkpoint_callbacks(cfg, ckpt_dir)
+        datamodule = LAPADataModule(cfg.data, fmt=FRAME_PAIRS)
+    ck = cfg.training.checkpoint
+    ckpt_callbacks, best_cb = checkpoint_callbacks(run_dir.checkpoints, ck.every_n_steps, ck.keep_periodic,
+                                                   ck.save_best, ck.monitor)
     grid = ReconstructionGrid(out / "recon", rows=cfg.training.num_vis_rows)
     start_step = [0]  # the global step after a resume restored it
     callbacks = [*ckpt_callbacks, grid, ConfigInCheckpoint(config_dict, config_yaml), SeedPerBatch(cfg.seed),
                  LearningRateMonitor(logging_interval="step"),
                  LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
-    trainer = build_trainer(cfg, callbacks, _make_logger(cfg))
+    trainer = build_trainer(cfg, callbacks, make_logger(cfg.logger, out, cfg.experiment_name, cfg.wandb))
 
     if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", config_yaml)
+        run_dir.write_config(config_yaml)
         n_params = sum(p.numel() for p in task.model.parameters())
         print(f"lapa train-laq: {cfg.experiment_name}, {n_params / 1e6:.2f} M parameters, "
-              f"precision {cfg.cluster.resolved_precision()}, writing to {out.resolve()}")
+              f"precision {precision}, writing to {out.resolve()}")
         print(f"  resuming from {ckpt_path}" if ckpt_path else "  starting a fresh run")
 
     start = time.perf_counter()
@@ -255,7 +158,7 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
         return 1
     steps = trainer.global_step - start_step[0]
 
-    last_ckpt = ckpt_dir / "last.ckpt"
+    last_ckpt = run_dir.last
     trainer.save_checkpoint(last_ckpt)  # the final state, whatever the periodic schedule was
     has_val = trainer.num_val_batches and sum(trainer.num_val_batches) > 0
     if has_val and task.last_val_step != trainer.global_step:
@@ -276,7 +179,7 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
                       ("loss_recon", "psnr", "psnr_copy", "perplexity", "codebook_utilization")},
         "reconstructions": str(grid.last_path) if grid.last_path else None,
     }
-    write_json_atomic(out / "summary.json", summary)
+    run_dir.write_summary(summary)
     _print_summary(summary)
     return 0
 

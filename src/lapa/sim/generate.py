@@ -30,14 +30,15 @@ import numpy as np
 
 from lapa.config import require, to_dict
 from lapa.data.images import encode_jpeg
-from lapa.data.shards import ShardWriter, shard_samples, write_shard
+from lapa.data.shards import ShardWriter, write_shard
+from lapa.data.tar_reader import shard_samples
 from lapa.io import atomic_path, write_json_atomic, write_text_atomic
-from lapa.sim.parallel import process_world, run_parallel
+from lapa.sim.config import SimConfig
+from lapa.sim.parallel import process_world, run_episodes
 from lapa.sim.policies import OracleConfig, ScriptedOracle
 from lapa.sim.rollout import Episode, run_episode
 from lapa.sim.tasks import FAMILIES
 from lapa.sim.video import write_mp4
-from lapa.sim.world import SimConfig
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def run(cfg: GenerateConfig) -> int:
     todo = [item for item in plan if item["episode_id"] not in done]
     print(f"lapa sim generate: {cfg.episodes} episodes ({len(done)} already done) -> {out}")
     t0 = time.perf_counter()
-    for record in run_parallel(_generate_one, [(item, cfg) for item in todo], cfg.workers, "episodes"):
+    for record in run_episodes(_generate_one, [(item, cfg) for item in todo], cfg.workers, "episodes"):
         done[record["episode_id"]] = record
     seconds = time.perf_counter() - t0
     records = [done[item["episode_id"]] for item in plan]

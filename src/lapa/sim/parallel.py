@@ -1,20 +1,18 @@
-"""Episode-parallel execution for `sim generate` and `sim eval`.
+"""Episode-parallel execution for `sim generate` and `sim eval`: one world per worker process.
 
 Each worker process keeps one `TabletopWorld` (one pybullet client) for all its episodes; episodes are
-independent and deterministic by seed, so results do not depend on the worker count or the order.
-Workers are started with `spawn` (no inherited pybullet or torch state); `workers=0` runs in-process,
-which tests and debuggers prefer.
+independent and deterministic by seed, so results do not depend on the worker count or the order. The
+processes themselves come from `lapa.parallel` (spawned; `workers=0` runs in-process).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tqdm import tqdm
-
-from lapa.sim.world import SimConfig, TabletopWorld
+from lapa.parallel import parallel_map
+from lapa.sim.config import SimConfig
+from lapa.sim.world import TabletopWorld
 
 _WORLD: TabletopWorld | None = None
 _WORLD_CFG: SimConfig | None = None
@@ -30,24 +28,7 @@ def process_world(cfg: SimConfig) -> TabletopWorld:
     return _WORLD
 
 
-def run_parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, desc: str,
-                 total: int | None = None) -> Iterator[Any]:
-    """Yield `fn(item)` for every item (in completion order) with a progress bar.
-
-    `fn` must be a module-level function (picklable). `workers=0` runs in this process.
-    """
-    items = list(items)
-    bar = tqdm(total=total if total is not None else len(items), desc=desc, unit="ep", dynamic_ncols=True)
-    try:
-        if workers <= 0 or len(items) <= 1:
-            for item in items:
-                yield fn(item)
-                bar.update(1)
-            return
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(processes=min(workers, len(items))) as pool:
-            for result in pool.imap_unordered(fn, items, chunksize=1):
-                yield result
-                bar.update(1)
-    finally:
-        bar.close()
+def run_episodes(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, desc: str) -> Iterator[Any]:
+    """Yield `fn(job)` for every episode job as episodes finish (completion order: each result names its
+    episode), over `workers` processes (`workers=0`: in-process), with a progress bar in episodes."""
+    return parallel_map(fn, jobs, workers, desc=desc, unit="ep", ordered=False)

@@ -1,12 +1,12 @@
-"""Policies for the simulator: the interface, the scripted oracle, a random baseline, and a registry.
+"""The simulator's own policies: the scripted oracle and a random baseline, registered as `oracle` and
+`random` in the policy registry (`lapa.policy.get_policy`) when this module is imported.
 
-Interface (docs/contracts.md, "Policies"):
-    policy.predict_action(image: uint8 [H, W, 3], instruction: str) -> float [7]
+Interface (`lapa.policy.base.Policy`, docs/contracts.md, "Policies"):
+    policy.predict_action(image: uint8 [H, W, 3], instruction: str) -> float32 [7]
     policy.reset(*, world, task, seed) -> None          (optional; called before each episode)
 The reset hook receives the `TabletopWorld` (privileged simulator state) and the `Task`; learned
 policies ignore them (accept **kwargs), the oracle reads object poses through them, which is why it
-needs no image. `get_policy(name)` builds a policy by name; later stages register more names or handle
-checkpoint paths there.
+needs no image. Learned policies are not imported here: they reach the simulator through the registry.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from lapa.config import require
+from lapa.policy.base import register
 from lapa.sim.tasks import DIRECTIONS, Task
 from lapa.sim.world import TabletopWorld
-
-
-@runtime_checkable
-class Policy(Protocol):
-    def predict_action(self, image: np.ndarray, instruction: str) -> np.ndarray: ...
 
 
 @dataclass
@@ -165,24 +161,15 @@ class RandomPolicy:
         return self.rng.uniform(low, self.high).astype(np.float32)
 
 
-def _checkpoint_policy(path: str, **_: Any) -> Policy:
-    raise NotImplementedError(
-        f"policy={path!r}: checkpoint policies (a trained LAPA model) arrive with Stage 3 "
-        "(lapa finetune); for now use policy=oracle or policy=random")
+def _oracle(oracle: OracleConfig | None = None, **_: Any) -> ScriptedOracle:
+    """`get_policy("oracle", oracle=OracleConfig(...))`; other options (meant for other policies) are ignored."""
+    return ScriptedOracle(oracle)
 
 
-POLICIES: dict[str, Callable[..., Policy]] = {
-    "oracle": lambda oracle=None, **_: ScriptedOracle(oracle),
-    "random": lambda **_: RandomPolicy(),
-}
+def _random(**_: Any) -> RandomPolicy:
+    """`get_policy("random")`: the action box comes from the world at `reset`."""
+    return RandomPolicy()
 
 
-def get_policy(name: str, **kwargs: Any) -> Policy:
-    """A policy by registry name (`oracle`, `random`), else treated as a checkpoint path.
-
-    kwargs go to the factory (e.g. `oracle=OracleConfig(...)`); unknown ones are ignored by the
-    built-ins so that callers can pass one set of options to any policy.
-    """
-    if name in POLICIES:
-        return POLICIES[name](**kwargs)
-    return _checkpoint_policy(name, **kwargs)
+register("oracle", _oracle)
+register("random", _random)

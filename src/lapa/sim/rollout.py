@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lapa.sim.policies import Policy
+from lapa.policy.base import Policy
 from lapa.sim.tasks import make_task
 from lapa.sim.world import TabletopWorld
 

@@ -7,23 +7,10 @@ scene exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lapa.sim.world import SimConfig
-
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.1, 0.1),
-    "green": (0.1, 0.7, 0.15),
-    "blue": (0.1, 0.25, 0.9),
-    "yellow": (0.95, 0.85, 0.1),
-    "purple": (0.55, 0.15, 0.75),
-    "orange": (1.0, 0.5, 0.0),
-    "white": (0.95, 0.95, 0.95),
-}
-SHAPES = ("cube", "cylinder")
+from lapa.sim.config import SimConfig
 
 
 @dataclass

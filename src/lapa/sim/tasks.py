@@ -16,15 +16,17 @@ Families (`FAMILIES`):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lapa.sim.config import COLOURS, SHAPES, SimConfig
 from lapa.sim.scene import Scene, sample_scene
 
-if TYPE_CHECKING:
-    from lapa.sim.world import SimConfig, TabletopWorld
+if TYPE_CHECKING:  # types only: the world is built by the caller
+    from lapa.sim.world import TabletopWorld
 
 # Unit vectors in the world frame for the image directions named in instructions.
 DIRECTIONS: dict[str, tuple[float, float]] = {
@@ -45,6 +47,17 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "next_to": ("put the {target} next to the {reference}", "place the {target} beside the {reference}",
                 "move the {target} close to the {reference}", "set the {target} down by the {reference}"),
 }
+
+
+def all_instructions() -> list[str]:
+    """Every instruction the simulator can phrase (sorted, unique): each template with every object
+    (colour + shape) as target and as reference, and every direction. What a tokenizer for this world
+    must cover."""
+    objects = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
+    return sorted({template.format(target=target, reference=reference, direction=direction)
+                   for templates in TEMPLATES.values()
+                   for template, target, reference, direction
+                   in itertools.product(templates, objects, objects, DIRECTIONS)})
 
 
 @dataclass

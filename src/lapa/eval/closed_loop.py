@@ -1,15 +1,18 @@
 """`lapa sim eval policy=NAME episodes=N output=DIR`: closed-loop success rates in the simulated world.
 
 Runs N episodes of every task family (seeds `seed + i`, the same scenes for every policy, disjoint from
-`sim generate`'s default seeds) with the policy from `lapa.sim.policies.get_policy(NAME)`: `oracle`,
-`random`, or a checkpoint path (Stage 3). Writes `DIR/results.json` with per-family and overall success
-rates and Wilson 95% confidence intervals, prints a table, and saves the first `videos_per_task`
-rollouts of each family as `DIR/videos/<family>_<i>.mp4`.
+`sim generate`'s default seeds) with the policy `lapa.policy.get_policy(NAME)` builds: a registered name
+(`oracle`, `random`, registered by `lapa.sim`) or an export directory whose kind has a registered loader.
+Writes `DIR/results.json` with per-family and overall success rates and Wilson 95% confidence intervals,
+prints a table, and saves the first `videos_per_task` rollouts of each family as
+`DIR/videos/<family>_<i>.mp4`.
+
+It lives in `eval/`, above the simulator it drives: the simulator knows no learned policy, and any
+policy evaluation can reuse the statistics (`lapa.eval.metrics.wilson_interval`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,18 +21,22 @@ from pathlib import Path
 import numpy as np
 
 from lapa.config import require, to_dict
+from lapa.eval.metrics import wilson_interval
 from lapa.io import write_json_atomic
-from lapa.sim.parallel import process_world, run_parallel
-from lapa.sim.policies import OracleConfig, get_policy
+from lapa.policy import Policy, UnknownPolicyError, get_policy, registered
+from lapa.sim.config import SimConfig
+from lapa.sim.parallel import process_world, run_episodes
+from lapa.sim.policies import OracleConfig
 from lapa.sim.rollout import run_episode
 from lapa.sim.tasks import FAMILIES
 from lapa.sim.video import write_mp4
-from lapa.sim.world import SimConfig
 
 
 @dataclass
 class SimEvalConfig:
-    policy: str = "oracle"  # oracle | random | checkpoint path
+    """Settings of `lapa sim eval` (conf/sim_eval.yaml)."""
+
+    policy: str = "oracle"  # a registered policy name (oracle | random) or an export directory
     output: str = ""  # DIR (required)
     episodes: int = 20  # per task family
     seed: int = 1_000_000
@@ -41,7 +48,7 @@ class SimEvalConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)  # used when policy=oracle
 
     def __post_init__(self) -> None:
-        require(bool(self.policy), "policy", self.policy, "set policy=oracle|random|CHECKPOINT")
+        require(bool(self.policy), "policy", self.policy, f"set policy to one of {registered()} or a directory")
         require(bool(self.output), "output", self.output, "set output=DIR")
         require(self.episodes >= 1, "episodes", self.episodes, "must be >= 1")
         bad = [t for t in self.tasks if t not in FAMILIES]
@@ -51,28 +58,25 @@ class SimEvalConfig:
         require(self.videos_per_task >= 0, "videos_per_task", self.videos_per_task, "must be >= 0")
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+# One policy per worker process (an exported model loads once), rebuilt when an evaluation of another
+# policy runs in the same process (workers=0 runs every evaluation in the caller's process).
+_POLICY: tuple[tuple, Policy] | None = None
 
 
-_POLICY = None  # one policy per worker process (a checkpoint loads once)
+def _process_policy(cfg: SimEvalConfig) -> Policy:
+    global _POLICY
+    key = (cfg.policy, cfg.oracle, cfg.sim)
+    if _POLICY is None or _POLICY[0] != key:
+        _POLICY = key, get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)
+    return _POLICY[1]
 
 
 def _eval_one(job: tuple[str, int, int, SimEvalConfig]) -> dict:
     """Worker: one episode of `family`; writes its video when it is among the first few."""
-    global _POLICY
     family, i, seed, cfg = job
-    if _POLICY is None:
-        _POLICY = get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)
     record_video = i < cfg.videos_per_task
-    ep = run_episode(process_world(cfg.sim), family, seed, _POLICY, cfg.max_steps, record=record_video)
+    ep = run_episode(process_world(cfg.sim), family, seed, _process_policy(cfg), cfg.max_steps,
+                     record=record_video)
     video = None
     if record_video:
         video = f"videos/{family}_{i}.mp4"
@@ -101,11 +105,11 @@ def format_table(results: dict) -> str:
 
 def evaluate(cfg: SimEvalConfig) -> dict:
     """Run the evaluation and return the results dict (also written to DIR/results.json)."""
-    get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)  # fail fast (unknown checkpoint) before workers
+    get_policy(cfg.policy, oracle=cfg.oracle, sim=cfg.sim)  # fail fast (unknown policy) before workers
     jobs = [(family, i, cfg.seed + i, cfg) for family in cfg.tasks for i in range(cfg.episodes)]
     t0 = time.perf_counter()
     by_family: dict[str, list[dict]] = defaultdict(list)
-    for r in run_parallel(_eval_one, jobs, cfg.workers, f"eval {cfg.policy}"):
+    for r in run_episodes(_eval_one, jobs, cfg.workers, f"eval {cfg.policy}"):
         by_family[r["family"]].append(r)
     episodes = [r for f in cfg.tasks for r in sorted(by_family[f], key=lambda r: r["index"])]
     results = {
@@ -120,13 +124,14 @@ def evaluate(cfg: SimEvalConfig) -> dict:
 
 
 def run(cfg: SimEvalConfig) -> int:
-    """Closed-loop success rates: `episodes` rollouts per task family of policy=oracle|random|CHECKPOINT;
-    writes output=DIR/results.json (rates with Wilson 95% intervals) and DIR/videos/*.mp4, prints a table.
+    """Closed-loop success rates: `episodes` rollouts per task family of policy=NAME (a registered name:
+    oracle, random; or an exported policy directory); writes output=DIR/results.json (rates with Wilson
+    95% intervals) and DIR/videos/*.mp4, prints a table.
     """
     print(f"lapa sim eval: policy={cfg.policy}, {cfg.episodes} episodes x {len(cfg.tasks)} tasks -> {cfg.output}")
     try:
         results = evaluate(cfg)
-    except NotImplementedError as err:
+    except UnknownPolicyError as err:
         print(f"lapa sim eval: {err}")
         return 2
     print(format_table(results))

@@ -17,8 +17,9 @@ from lapa.config import ConfigError, load
 from lapa.data.images import decode_jpeg
 from lapa.data.shards import decode_npy
 from lapa.laq.label import LabelConfig, assign_shards, check_labels, read_labels, run
+from pair_shards import make_pair_shards
 
-from eval_shards import make_pair_shards
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _members(path: Path) -> dict[str, dict[str, bytes]]:
@@ -149,6 +150,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load("label", LabelConfig, ["checkpoint=c", "shards=x", "output_dir=y", "rank=2", "world_size=2"])
     with pytest.raises(ConfigError, match="batch_size=0"):
         load("label", LabelConfig, ["checkpoint=c", "shards=x", "output_dir=y", "batch_size=0"])
+    with pytest.raises(ConfigError, match="device='cuda:x'"):
+        load("label", LabelConfig, ["checkpoint=c", "shards=x", "output_dir=y", "device=cuda:x"])
 
 
 def test_env_rank_and_world_size(monkeypatch: pytest.MonkeyPatch) -> None:

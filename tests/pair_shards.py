@@ -1,4 +1,5 @@
-"""Tiny frame-pair shards for the evaluation tests (imported by name: pytest puts this folder on sys.path)."""
+"""Tiny frame-pair shards for the labelling and evaluation tests (imported by name: pytest puts tests/ on
+sys.path because tests/conftest.py lives there)."""
 
 from __future__ import annotations
 
