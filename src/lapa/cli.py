@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from lapa import __version__
 
@@ -35,6 +37,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "ingest": Command("videos / image folders -> frame-pair WebDataset shards",
                       "lapa.data.ingest:run", "ingest", "lapa.data.ingest:IngestConfig"),
+    "import-lerobot": Command("a LeRobot dataset (v3/v2) -> robot-step shards: lapa import-lerobot SRC OUTPUT",
+                              "lapa.data.lerobot:run", "import_lerobot", "lapa.data.lerobot:ImportLeRobotConfig",
+                              positional=("src", "output")),
     "train-laq": Command("Stage 1: train the latent action quantiser (Lightning)",
                          "lapa.laq.train:run", "train_laq", "lapa.laq.train:TrainLAQConfig"),
     "convert-laq": Command("import a reference-layout LAQ state dict: lapa convert-laq SRC DST",
@@ -44,6 +49,10 @@ COMMANDS: dict[str, Command] = {
                      "lapa.laq.label:run", "label", "lapa.laq.label:LabelConfig"),
     "eval-laq": Command("measure latent-action quality; writes a report and metrics.json",
                         "lapa.eval.laq_eval:run", "eval_laq", "lapa.eval.laq_eval:EvalLAQConfig"),
+    "train-vla": Command("Stage 2: train the VLA to predict latent actions (Fabric, FSDP2)",
+                         "lapa.vla.pretrain:run", "train_vla", "lapa.vla.pretrain:TrainVLAConfig"),
+    "finetune": Command("Stage 3: finetune the VLA on a few robot demonstrations (Lightning)",
+                        "lapa.vla.finetune:run", "finetune", "lapa.vla.finetune_config:FinetuneConfig"),
     "sim generate": Command("simulator: action-free videos + labelled demonstrations",
                             "lapa.sim.generate:run", "sim_generate", "lapa.sim.generate:GenerateConfig"),
     "sim eval": Command("simulator: closed-loop success rates of a policy",
@@ -76,17 +85,68 @@ def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
-def _command_help(name: str, cmd: Command) -> str:
-    from lapa.config import compose, to_yaml
+def _group_usage(group: str) -> str:
+    """`lapa sim --help`: the sub-commands of a command group."""
+    subs = {n: c for n, c in COMMANDS.items() if n.startswith(group + " ")}
+    width = max(len(n) for n in subs)
+    lines = [f"usage: lapa {group} <command> [key=value ...] [--help]", "", f"{group} commands:"]
+    lines += [f"  {n:<{width}}  {c.summary}" for n, c in subs.items()]
+    return "\n".join([*lines, "", f"`lapa {group} <command> --help` explains one."])
 
+
+def _examples(cmd: Command) -> list[str]:
+    """The example command lines in the header comment of the command's YAML (`#   lapa ...`)."""
+    from importlib.resources import files
+
+    try:
+        text = files("lapa.conf").joinpath(f"{cmd.config_name}.yaml").read_text()
+    except OSError:
+        return []
+    found = [m.strip() for m in re.findall(r"^#\s{2,}(lapa .*?)\s*(?:#.*)?$", text, re.M)]
+    return [" ".join(line.split()) for line in found]
+
+
+def _key_lines(cmd: Command) -> list[str]:
+    """One line per key: `key: default  # what it is` (defaults from the composed YAML, descriptions from
+    the comments of the schema's dataclass fields)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from lapa.config import compose, field_docs
+
+    docs = field_docs(_resolve(cmd.schema))
+    cfg = compose(cmd.config_name)
+
+    def walk(node: DictConfig, prefix: str):
+        for key in node.keys():
+            full, child = f"{prefix}{key}", node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                yield from walk(child, full + ".")
+            else:
+                value = "???" if child._is_missing() else OmegaConf.to_container(
+                    OmegaConf.create({"v": child._value()}), resolve=False)["v"]
+                yield full, value
+
+    def show(v: object) -> str:  # YAML spelling, on one line
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        if v is None or isinstance(v, bool):
+            return {None: "null", True: "true", False: "false"}[v]
+        return '""' if v == "" else str(v)
+
+    rows = [(f"{k}: {show(v)}", docs.get(k, "")) for k, v in walk(cfg, "")]
+    width = min(48, max(len(r[0]) for r in rows))
+    return [f"  {left:<{width}}  # {doc}" if doc else f"  {left}" for left, doc in rows]
+
+
+def _command_help(name: str, cmd: Command) -> str:
     doc = inspect.getdoc(_resolve(cmd.target)) or ""
     positional = " ".join(p.upper() for p in cmd.positional)
     text = [f"usage: lapa {name} {positional + ' ' if positional else ''}[key=value ...]", "",
             cmd.summary, ""]
     if doc:
         text += [doc, ""]
-    text += [f"Default config (lapa/conf/{cmd.config_name}.yaml, override any key):", "",
-             to_yaml(compose(cmd.config_name))]
+    text += [f"Default config (lapa/conf/{cmd.config_name}.yaml; override any key with key=value, "
+             "a preset with group=option):", "", *_key_lines(cmd)]
     return "\n".join(text)
 
 
@@ -99,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name, rest = _split_command(argv)
+    if name is None and any(n.startswith(argv[0] + " ") for n in COMMANDS):  # `lapa sim [--help]`
+        wants_help = len(argv) == 1 or argv[1] in {"-h", "--help", "help"}
+        print(_group_usage(argv[0]), file=sys.stdout if wants_help else sys.stderr)
+        return 0 if wants_help else 2
     if name is None:
         print(f"lapa: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -120,25 +184,60 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides += [f"{key}={value}" for key, value in zip(cmd.positional, positional)]
 
-    from lapa.config import ConfigError, compose, to_schema, to_yaml
+    from lapa.config import ConfigError, check_inputs, compose, one_line, to_schema, to_yaml
 
+    created: list[Path] = []
     try:
-        cfg = to_schema(compose(cmd.config_name, overrides), _resolve(cmd.schema))
-    except ConfigError as err:
-        print(f"lapa {name}: invalid config: {err}", file=sys.stderr)
+        try:
+            cfg = to_schema(compose(cmd.config_name, overrides), _resolve(cmd.schema))
+        except ConfigError as err:
+            if str(err).startswith("missing value for "):
+                example = _examples(cmd)[:1]
+                raise ConfigError(f"{err}; e.g. {example[0]}" if example else str(err)) from None
+            raise
+        except Exception as err:  # Hydra's override grammar errors
+            if type(err).__module__.startswith(("hydra", "omegaconf")):
+                raise ConfigError(f"invalid override: {one_line(err)}") from None
+            raise
+        if print_cfg:
+            print(to_yaml(cfg))
+            return 0
+        check_inputs(cfg)  # input paths, before anything is created
+        created = _new_output_folders(cfg)
+        _setup_logging()
+        status = _resolve(cmd.target)(cfg)
+    except ConfigError as err:  # every user error, whenever it is found: one line, status 2
+        _remove_if_empty(created)
+        message = " ".join(str(err).split())
+        print(f"lapa {name}: {message}", file=sys.stderr)
         return 2
-    except Exception as err:  # Hydra override/composition errors: a bad group name, a bad override
-        if type(err).__module__.startswith(("hydra", "omegaconf")):
-            print(f"lapa {name}: invalid overrides: {err}", file=sys.stderr)
-            return 2
-        raise
-    if print_cfg:
-        print(to_yaml(cfg))
-        return 0
+    return int(status or 0)
+
+
+# Config keys that name a command's output folder: one created by a run that then fails on a user error
+# (a ConfigError) is removed again when it is still empty.
+OUTPUT_KEYS = ("output_dir", "output")
+
+
+def _new_output_folders(cfg: object) -> list[Path]:
+    return [Path(v) for k in OUTPUT_KEYS if isinstance(v := getattr(cfg, k, None), str) and v
+            and not Path(v).exists()]
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        if folder.is_dir():
+            for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if sub.is_dir() and not any(sub.iterdir()):
+                    sub.rmdir()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _setup_logging() -> None:
+    """One handler on the root logger (a second `basicConfig` is a no-op, so lines never print twice)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    status = _resolve(cmd.target)(cfg)
-    return int(status or 0)
 
 
 def console() -> int:

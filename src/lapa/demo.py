@@ -31,23 +31,23 @@ from lapa.io import write_json_atomic, write_text_atomic
 class DemoConfig:
     """Settings of `lapa demo` (conf/demo.yaml); the defaults fit in 15 minutes on 2 CPU cores."""
 
-    output_dir: str = "runs/demo"
+    output_dir: str = "runs/demo"  # everything the demo writes
     episodes: int = 60  # simulator episodes (train + val)
     val_fraction: float = 0.25  # share of the episodes held out for the evaluation
-    seed: int = 0
+    seed: int = 0  # simulator, ingest and training seed
     image_size: int = 64  # rendered, ingested and modelled size (the tiny LAQ's 64 px, 8x8 patches)
     frame_offset: int = 3  # control steps between frame t and t+1: larger motion, a harder copy baseline
     train_steps: int = 800  # measured: ~5 min of the ~6 min demo on 2 cores
-    train_batch_size: int = 16
+    train_batch_size: int = 16  # frame pairs per training step
     workers: int = 2  # simulator and ingest processes
-    label_batch_size: int = 128
-    eval_max_pairs: int = 2000
+    label_batch_size: int = 128  # frame pairs per labelling pass
+    eval_max_pairs: int = 2000  # held-out pairs evaluated at most (0: all)
     # Extra Hydra overrides per stage, e.g. train_overrides="['training.optimizer.lr=5e-4']".
     sim_overrides: list[str] = field(default_factory=list)
-    ingest_overrides: list[str] = field(default_factory=list)
-    train_overrides: list[str] = field(default_factory=list)
-    label_overrides: list[str] = field(default_factory=list)
-    eval_overrides: list[str] = field(default_factory=list)
+    ingest_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa ingest
+    train_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa train-laq
+    label_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa label
+    eval_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa eval-laq
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")

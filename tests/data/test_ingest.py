@@ -196,7 +196,7 @@ def test_target_fps_and_offset_seconds(tmp_path):
     src.mkdir()
     make_video(src / "fast.mp4", "libx264", frames=20, fps=20)
     out = tmp_path / "out"
-    assert run(ingest_cfg(src, out, fps=10, offset_seconds=0.2, offset=1)) == 0
+    assert run(ingest_cfg(src, out, fps=10, offset_seconds=0.2, offset="null")) == 0
     samples = [s for items in read_shards(out).values() for s in items]
     assert len(samples) == 10 - 2  # 20 frames at 20 fps -> 10 frames at 10 fps, offset 2 frames
     for s in samples:

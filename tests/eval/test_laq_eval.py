@@ -116,5 +116,17 @@ def test_config_errors_name_the_key() -> None:
         _cfg("action_dims=[9]")
     with pytest.raises(ConfigError, match="probe_train_fraction=1.0"):
         _cfg("probe_train_fraction=1.0")
-    with pytest.raises(ConfigError, match="checkpoint=''"):
+    with pytest.raises(ConfigError, match="missing value for checkpoint"):
         load("eval_laq", EvalLAQConfig, ["shards=s", "output_dir=o"])
+
+
+def test_code_usage_chart_has_a_y_axis():
+    """The bars are read against a y-axis in percent of the pairs (0% .. the tallest bar's share)."""
+    from lapa.eval.report import usage_chart
+    from lapa.pictures import INK, LABEL_H
+
+    counts = np.array([[30, 10, 0, 0, 0, 0, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5]])
+    img = np.asarray(usage_chart(counts, height=110))
+    axis = img[LABEL_H:LABEL_H + 110, 40]  # the axis column, over the bars' height
+    assert (axis == INK).all()
+    assert (img[:, :36] != 255).any()  # tick labels (0%, 38%, 75%) left of the axis

@@ -16,10 +16,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lapa.data.loader import DataConfig
 from lapa.laq import LAQ, LAQConfig, load_model
-from lapa.laq.optim import OptimizerConfig, SchedulerConfig
+from lapa.laq.optim import OptimizerConfig
 from lapa.laq.task import CheckpointConfig, TrainingConfig
 from lapa.laq.train import TrainLAQConfig, run
 from lapa.training.cluster import ClusterConfig
+from lapa.training.schedule import SchedulerConfig
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

@@ -144,7 +144,7 @@ def test_bad_labels_stop_the_job_without_output(tmp_path: Path, laq_checkpoint: 
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="checkpoint=''"):
+    with pytest.raises(ConfigError, match="missing value for checkpoint"):
         load("label", LabelConfig, ["shards=x", "output_dir=y"])
     with pytest.raises(ConfigError, match="rank=2: must lie in 0..1"):
         load("label", LabelConfig, ["checkpoint=c", "shards=x", "output_dir=y", "rank=2", "world_size=2"])

@@ -215,3 +215,17 @@ def test_compiled_layers_match_eager_in_training_and_eval(monkeypatch):
     torch.testing.assert_close(got.recon, want.recon, rtol=1e-4, atol=1e-5)
     # encoder spatial / temporal and decoder layers, each in training and in inference mode
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before >= 6
+
+
+def test_public_api_refuses_pixels_outside_unit_range():
+    """Documented: pixels in [0, 1]. 0..255 values (a uint8 image not divided by 255) and integer tensors
+    are refused, not silently turned into confident nonsense."""
+    model = LAQ(tiny()).eval()
+    frames = torch.rand(2, 3, 2, 32, 32)
+    model.quantize(frames)  # in range: fine
+    with pytest.raises(ValueError, match=r"\[0, 1\].*divide by 255"):
+        model.quantize(frames * 255)
+    with pytest.raises(ValueError, match="divide by 255"):
+        model.reconstruct((frames * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.decode(frames[:, :, 0] * 255, torch.zeros(2, 4, dtype=torch.long))

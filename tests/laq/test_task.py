@@ -16,9 +16,10 @@ from lapa.config import ConfigError
 from lapa.laq import load_model
 from lapa.laq.callbacks import make_grid
 from lapa.laq.metrics import psnr_from_mse
-from lapa.laq.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor, parameter_groups
+from lapa.laq.optim import OptimizerConfig, build_optimizer, parameter_groups
 from lapa.laq.task import PSNR_MIN_MSE, CheckpointConfig, LAQTask, TrainingConfig
 from lapa.pictures import save_png
+from lapa.training.schedule import SchedulerConfig, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

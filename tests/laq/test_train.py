@@ -21,10 +21,11 @@ from lapa.cli import main as lapa_main
 from lapa.config import ConfigError, load
 from lapa.data.loader import DataConfig
 from lapa.laq import load_model
-from lapa.laq.optim import OptimizerConfig, SchedulerConfig
+from lapa.laq.optim import OptimizerConfig
 from lapa.laq.task import CheckpointConfig, TrainingConfig
 from lapa.laq.train import TrainLAQConfig, run
 from lapa.training.cluster import ClusterConfig
+from lapa.training.schedule import SchedulerConfig
 
 LAQ_BIN = str(Path(sys.executable).with_name("lapa"))
 # Small and fast on top of experiment=laq_debug (the debug preset's model, a 64-px 8x8 grid).

@@ -77,3 +77,29 @@ def test_checkpoint_callbacks_follow_the_run_dir_names(tmp_path):
                                            monitor="val/acc", mode="max")
     assert only_best == [best] and best.save_last and best.mode == "max"  # `last` comes from `best` then
     assert checkpoint_callbacks(tmp_path, 0, 1, save_best=False, monitor="x") == ([], None)
+
+
+def test_quiet_lightning_prints_each_line_once_without_advertising(monkeypatch):
+    """Lightning imported after the root logger got a handler (`lapa demo`) printed its lines twice, and
+    its advertising in every run: each line once, no tip."""
+    import io
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from lapa.training.lightning_callbacks import quiet_lightning
+
+    root_buf, top_buf, own_buf = io.StringIO(), io.StringIO(), io.StringIO()
+    pl_logger, top = logging.getLogger("lightning.pytorch"), logging.getLogger("lightning")
+    monkeypatch.setattr(pl_logger, "handlers", [])  # as when Lightning is imported after logging is set up
+    monkeypatch.setattr(pl_logger, "propagate", True)
+    monkeypatch.setattr(top, "handlers", [logging.StreamHandler(top_buf)])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(root_buf)])
+    quiet_lightning()
+    quiet_lightning()  # idempotent
+    assert len(pl_logger.handlers) == 1 and not pl_logger.propagate
+    pl_logger.handlers[0].setStream(own_buf)
+    rank_zero_info("GPU available: False, used: False")
+    rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+    assert own_buf.getvalue() == "GPU available: False, used: False\n"
+    assert root_buf.getvalue() == top_buf.getvalue() == ""

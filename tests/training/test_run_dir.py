@@ -159,3 +159,28 @@ def test_config_and_summary_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads((tmp_path / "run/summary.json").read_text()) == first  # the old one, whole
     assert _names(tmp_path / "run") == ["config.yaml", "summary.json"]  # no temporary left behind
+
+
+def test_start_refuses_a_folder_holding_a_run_unless_resume_or_overwrite(tmp_path):
+    from lapa.config import ConfigError
+
+    run = RunDir(tmp_path / "run")
+    assert run.start(None) is None  # a new folder: a fresh run
+    for name in ("config.yaml", "checkpoints/step_00000002.ckpt", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "final.pt", "logs/version_0/metrics.csv", "notes.txt"):
+        _touch(tmp_path / "run" / name)
+    with pytest.raises(ConfigError, match="already holds a run") as err:
+        run.start(None, outputs=("final.pt", "logs"))
+    assert "resume=auto" in str(err.value) and "overwrite=true" in str(err.value)
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()  # refused: nothing touched
+    assert run.start("auto", outputs=("final.pt",)) == str(run.last)
+    with pytest.raises(ConfigError, match="overwrite=true with resume=auto"):
+        run.start("auto", overwrite=True)
+
+    # Ranks other than 0 follow rank 0 (they may start after it wrote this run's config.yaml).
+    assert run.start(None, outputs=("final.pt",), rank_zero=False) is None
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+
+    assert run.start(None, overwrite=True, outputs=("final.pt", "logs")) is None
+    assert _names(tmp_path / "run") == ["notes.txt"]  # the old run's files only; nothing else
+    assert run.previous_run(("final.pt",)) == []

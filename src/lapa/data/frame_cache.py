@@ -32,7 +32,7 @@ class VideoJob:
     source: str  # path relative to the ingest input (recorded in every pair's json)
     sequence_fps: float  # frame rate assumed for an image-sequence folder
     target_fps: float | None
-    offset: int  # in resampled frames; ignored when offset_seconds is set
+    offset: int | None  # in resampled frames; None: from offset_seconds
     offset_seconds: float | None
     stride: int
     size: int
@@ -89,7 +89,7 @@ def scan_video(job: VideoJob) -> VideoScan:
 def _decode_to_cache(job: VideoJob, jpgs_path: Path, index_path: Path) -> VideoScan:
     reader = VideoReader(job.path, sequence_fps=job.sequence_fps)
     fps, _ = resample_indices(reader.fps, job.target_fps)
-    offset = max(1, round(job.offset_seconds * fps)) if job.offset_seconds is not None else job.offset
+    offset = job.offset if job.offset is not None else max(1, round(job.offset_seconds * fps))
     kept_k, kept_src, offsets = [], [], [0]
     num_frames = 0
     with atomic_path(jpgs_path) as tmp, open(tmp, "wb") as out:

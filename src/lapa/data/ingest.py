@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MISSING
 
-from lapa.config import require, to_dict
+from lapa.config import require, require_path, to_dict
 from lapa.data.frame_cache import CacheEntry, VideoJob, VideoScan, pair_frames, scan_video
 from lapa.data.images import RESIZE_MODES
 from lapa.data.manifest import ManifestEntry, ManifestError, find_manifest, load_manifest
@@ -52,27 +52,30 @@ class IngestConfig:
     output: str = MISSING  # folder for the shards, the summary and a temporary frame cache
     manifest: str | None = None  # CSV/JSONL {video, instruction}; default input/manifest.{jsonl,csv}
     sidecar: str | None = None  # folder of <video stem>.npz with `actions` -> KEY.action.npy
-    offset: int = 1  # frames between the two frames of a pair (at the target fps)
-    offset_seconds: float | None = None  # if set, overrides `offset`: round(seconds * fps), >= 1
+    offset: int | None = None  # frames between the two frames of a pair (at the target fps); null: offset_seconds
+    offset_seconds: float | None = 0.3  # time between the two frames when offset is null: round(s * fps), >= 1
     stride: int = 1  # frames between the first frames of consecutive pairs of a video
     fps: float | None = None  # target frame rate; null keeps the native rate (never upsamples)
     sequence_fps: float = 10.0  # rate of image-sequence folders unless the manifest gives `fps`
     size: int = 256  # square output size
     resize_mode: str = "crop"  # to size x size: crop (shorter side, centre crop), pad (letterbox), squash
-    jpeg_quality: int = 95
-    samples_per_shard: int = 1000
-    max_shard_bytes: int = 1_500_000_000
+    jpeg_quality: int = 95  # of the frames written into the shards
+    samples_per_shard: int = 1000  # pairs per shard at most
+    max_shard_bytes: int = 1_500_000_000  # bytes per shard at most
     workers: int = -1  # decoding processes; -1 = every CPU, 0 or 1 = in this process
     prefix: str = "pairs"  # shard names: {prefix}-{index:06d}.tar
     seed: int = 0  # order of the pairs across shards
-    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))  # video files read
     keep_cache: bool = False  # keep the decoded frame cache after a complete run
-    progress: bool = True
+    progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
-        require(self.offset >= 1, "offset", self.offset, "must be >= 1 frame")
+        require(self.offset is None or self.offset >= 1, "offset", self.offset,
+                "must be >= 1 frame (or null: offset_seconds)")
         require(self.offset_seconds is None or self.offset_seconds > 0, "offset_seconds",
-                self.offset_seconds, "must be > 0 (or null to use `offset`)")
+                self.offset_seconds, "must be > 0 (or null with offset set)")
+        require(self.offset is not None or self.offset_seconds is not None, "offset", self.offset,
+                "set offset (frames) or offset_seconds")
         require(self.stride >= 1, "stride", self.stride, "must be >= 1")
         require(self.fps is None or self.fps > 0, "fps", self.fps, "must be > 0 or null (native)")
         require(self.sequence_fps > 0, "sequence_fps", self.sequence_fps, "must be > 0")
@@ -88,6 +91,14 @@ class IngestConfig:
                 self.prefix, "must be a non-empty name without / \\ . { } * ?")
         require(len(self.extensions) > 0, "extensions", self.extensions, "must list >= 1 extension")
 
+    def check_inputs(self) -> None:
+        """The input folders and files exist (run by `lapa` before anything is created)."""
+        require_path("input", self.input, "dir", "a folder of videos / image-sequence folders")
+        if self.manifest is not None:
+            require_path("manifest", self.manifest, "file", "a CSV or JSONL manifest")
+        if self.sidecar is not None:
+            require_path("sidecar", self.sidecar, "dir", "a folder of <video stem>.npz action files")
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -102,7 +113,7 @@ class VideoInfo:
 def run(cfg: IngestConfig) -> int:
     """Turn videos / image folders into frame-pair shards; 0 on success, 1 when nothing was ingested.
 
-    Example: `lapa ingest input=videos/ output=data/frames/train fps=10 offset=1 workers=4`.
+    Example: `lapa ingest input=videos/ output=data/frames/train fps=10 offset_seconds=0.3 workers=4`.
     """
     start = time.time()
     out = Path(cfg.output)

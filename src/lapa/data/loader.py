@@ -22,6 +22,7 @@ Corrupt samples and unreadable tars are skipped with a warning and counted (`ski
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -56,18 +57,22 @@ class DataConfig:
 
     train_shards: str = "data/frames/train"  # folder, glob, brace pattern or file
     val_shards: str | None = "data/frames/val"  # null: no validation data
-    batch_size: int = 32
-    num_workers: int = 2
+    batch_size: int = 32  # samples per batch on each device
+    num_workers: int = 2  # data-loader processes per device
     image_size: int = 256  # shards of another size are resized (shorter side, centre crop)
-    shuffle_buffer: int = 1000
-    shard_shuffle: bool = True
+    shuffle_buffer: int = 1000  # samples mixed across shards before batching
+    shard_shuffle: bool = True  # shuffle the shard order every epoch
     resampled: bool | None = None  # null: true under DDP (equal batch counts per rank), else false
     epoch_size: int | None = None  # samples per epoch over all ranks when resampled; null: count shards
     hflip: bool = True  # only for formats that allow flips (frame pairs); never for latent/robot labels
     color_jitter: float = 0.1  # brightness/contrast/saturation strength; 0 = off
     random_erasing: float = 0.0  # probability per sample
     prefetch_factor: int = 4  # batches prefetched per worker
-    seed: int = 0
+    seed: int = 0  # shard order, shuffle buffer and augmentations
+    # Stage 3: train on only N whole episodes of robot-step shards, chosen by `episodes_seed`
+    # (`lapa.data.episodes.choose_episodes`); null: every episode. Validation keeps every held-out episode.
+    max_episodes: int | None = None
+    episodes_seed: int = 0
 
     def __post_init__(self) -> None:
         require(bool(self.train_shards), "data.train_shards", self.train_shards, "must name shards")
@@ -81,6 +86,9 @@ class DataConfig:
         require(0 <= self.random_erasing <= 1, "data.random_erasing", self.random_erasing,
                 "must be in [0, 1]")
         require(self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1")
+        require(self.max_episodes is None or self.max_episodes >= 1, "data.max_episodes", self.max_episodes,
+                "must be >= 1 or null (every episode)")
+        require(isinstance(self.episodes_seed, int), "data.episodes_seed", self.episodes_seed, "must be an integer")
 
 
 def count_samples(urls: list[str]) -> int:
@@ -134,9 +142,18 @@ class TrainLoader:
         self.cfg, self.fmt, self.urls = cfg, fmt, urls
         self.rank, self.world, self.explicit_marks = rank, world, explicit_marks
         self.resampled = world > 1 if cfg.resampled is None else cfg.resampled
+        self.read = read_shards  # tar samples of a shard list (`stream.TrainStream`'s reader)
+        self.episodes: frozenset[str] | None = None  # data.max_episodes: the chosen episode ids
+        chosen_steps: int | None = None
+        if cfg.max_episodes is not None:
+            from lapa.data.episodes import KeepEpisodes, choose_episodes, read_episodes, scan_episodes
+
+            choice = choose_episodes(scan_episodes(urls), cfg.max_episodes, cfg.episodes_seed)
+            self.urls, self.episodes, chosen_steps = choice.urls, choice.ids, choice.steps
+            self.read = functools.partial(read_episodes, keep=KeepEpisodes(choice.ids))
         self.batches_per_worker: int | None = None  # resampled: the same on every rank and worker
         if self.resampled:
-            samples = cfg.epoch_size or count_samples(urls)
+            samples = cfg.epoch_size or chosen_steps or count_samples(self.urls)
             per_rank = max(1, samples // (world * cfg.batch_size))
             self.batches_per_worker = math.ceil(per_rank / max(1, cfg.num_workers))
         self._restart(start or StreamPosition())
@@ -150,6 +167,7 @@ class TrainLoader:
         self._pending: deque[tuple[int, int]] = deque()
         self._consumed = start
         self._epoch_length: dict[int, int] = {}
+        self._stream_next: StreamPosition | None = start  # where the built stream's next epoch starts
 
     def __len__(self) -> int:
         """Batches per (full) epoch of a resampled stream; a plain stream has no length (TypeError)."""
@@ -163,20 +181,35 @@ class TrainLoader:
         return self._float_batches().loader
 
     def __iter__(self) -> Iterator[dict]:
+        # Every iteration continues after the last batch consumed. When the stream has gone past that
+        # point (an earlier iterator was abandoned after fetching batches nobody trained on: Lightning
+        # does this when it resumes from a checkpoint taken at the end of an epoch), it is rebuilt
+        # there, so no batch is skipped and none repeated. (A generator: this runs at the first next().)
+        start = self.position()
+        if self._floats is not None and start != self._stream_next:
+            self._floats = None
+        if self._floats is None:
+            self.start, self._epochs_started = start, 0
         floats = self._float_batches()
         epoch = self.start.epoch + self._epochs_started
         first = self.start.batches if self._epochs_started == 0 else 0
         self._epochs_started += 1
+        self._stream_next = None  # unknown until this iterator runs out
         self._pending.clear()  # batches of an abandoned iterator are never trained on
         count = first
+        length = len(self) if self.batches_per_worker is not None else None  # resampled: known in advance
         for index, batch in enumerate(floats.epoch(epoch, first), start=first):
             count = index + 1
+            if count == length:  # the epoch's last batch: a consumer that knows the length (Lightning)
+                self._epoch_length[epoch] = count  # never asks for more, so record the end now
+                self._stream_next = StreamPosition(epoch + 1, 0)
             if self.explicit_marks:
                 self._pending.append((epoch, index))
             else:
                 self._consumed = StreamPosition(epoch, index + 1)
             yield batch
         self._epoch_length[epoch] = count
+        self._stream_next = StreamPosition(epoch + 1, 0)
 
     def mark_trained(self) -> None:
         """(`explicit_marks` only) The oldest handed-out batch enters a training step."""
@@ -195,7 +228,8 @@ class TrainLoader:
         """What the order of the stream depends on; a restart skips batches only if it matches."""
         cfg = self.cfg
         return [len(self.urls), cfg.batch_size, cfg.num_workers, cfg.seed, cfg.shuffle_buffer,
-                cfg.shard_shuffle, cfg.resampled, cfg.epoch_size, self.world]
+                cfg.shard_shuffle, cfg.resampled, cfg.epoch_size, self.world, cfg.max_episodes,
+                cfg.episodes_seed]
 
     def state_dict(self) -> dict:
         position = self.position()
@@ -216,7 +250,7 @@ class TrainLoader:
         if self._floats is not None:
             return self._floats
         cfg, start = self.cfg, self.start
-        stream = TrainStream(self.urls, read_shards, _batches(cfg, self.fmt, partial_last=False), seed=cfg.seed,
+        stream = TrainStream(self.urls, self.read, _batches(cfg, self.fmt, partial_last=False), seed=cfg.seed,
                              rank=self.rank, world=self.world, shard_shuffle=cfg.shard_shuffle,
                              shuffle_buffer=cfg.shuffle_buffer, batches_per_worker=self.batches_per_worker,
                              num_workers=cfg.num_workers, start=start)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lapa.config import ConfigError
 from lapa.io import atomic_path
 
 
@@ -141,3 +142,17 @@ def list_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
     if not paths:
         raise FileNotFoundError(f"no shards found for {spec!r}")
     return paths
+
+
+def require_shards(key: str, spec: str | os.PathLike | None,
+                   what: str = "frame-pair shards (write them with `lapa ingest`)") -> list[str]:
+    """`list_shards(spec)` for a command's input `key`: `ConfigError` naming the key when nothing matches
+    (the check of shard inputs in `check_inputs` hooks)."""
+    if not spec:
+        raise ConfigError(f"{key} is not set: set {key}=DIR to a folder, glob or .tar of {what}")
+    try:
+        return list_shards(spec)
+    except FileNotFoundError:
+        problem = "no .tar shards in this folder" if os.path.isdir(os.fspath(spec)) else "no such shards"
+        raise ConfigError(f"{key}={os.fspath(spec)}: {problem}; expected a folder, glob or .tar of "
+                          f"{what}") from None

@@ -54,14 +54,24 @@ def atlas_image(first: torch.Tensor, target: torch.Tensor, grid: torch.Tensor, c
 
 
 def usage_chart(counts: np.ndarray, bar_w: int = 14, height: int = 110) -> Image.Image:
-    """Bar chart of code usage: one panel per position, one bar per code (counts `[L, K]`)."""
+    """Bar chart of code usage: one panel per position, one bar per code (counts `[L, K]`), with a y-axis
+    in percent of the pairs (all panels share its scale)."""
     length, k = counts.shape
     panel_w = k * (bar_w + 2) + 16
-    canvas = Image.new("RGB", (length * panel_w + 8, height + 2 * LABEL_H + 8), BG)
+    axis_w = 44
+    canvas = Image.new("RGB", (axis_w + length * panel_w + 8, height + 3 * LABEL_H + 8), BG)
     draw = ImageDraw.Draw(canvas)
     peak = max(int(counts.max()), 1)
+    total = max(int(counts[0].sum()), 1)  # pairs (each position codes every pair once)
+    base = LABEL_H + height
+    draw.line([axis_w - 4, LABEL_H, axis_w - 4, base], fill=INK)
+    for frac in (0.0, 0.5, 1.0):
+        y = base - int(round(height * frac))
+        draw.line([axis_w - 7, y, axis_w - 4, y], fill=INK)
+        draw.text((2, max(0, y - 6)), f"{100 * frac * peak / total:.0f}%", fill=INK)
+    draw.text((2, base + LABEL_H + 2), "share of pairs per code", fill=INK)
     for p in range(length):
-        x0 = 8 + p * panel_w
+        x0 = axis_w + p * panel_w
         draw.text((x0, 1), f"position {p}", fill=INK)
         base = LABEL_H + height
         draw.line([x0, base, x0 + k * (bar_w + 2), base], fill=INK)

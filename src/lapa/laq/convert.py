@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lapa.config import require
+from lapa.config import require, require_path
 from lapa.laq.checkpoint import load_state_dict_strict, save_model
 from lapa.laq.model import LAQ, LAQConfig, count_parameters
 from lapa.laq.nsvq import cnn_output_side
@@ -40,14 +40,18 @@ class ConvertLAQConfig:
 
     src: str = ""  # reference-layout state dict (.pt), optionally with `module.` prefixes
     dst: str = ""  # our checkpoint, loadable with lapa.laq.load_model
-    image_size: int = 256
-    channels: int = 3
+    image_size: int = 256  # input size of the published model (cannot be read off the weights)
+    channels: int = 3  # colour channels of the published model
 
     def __post_init__(self) -> None:
         require(bool(self.src), "src", self.src, "give the reference checkpoint: lapa convert-laq SRC DST")
         require(bool(self.dst), "dst", self.dst, "give the output path: lapa convert-laq SRC DST")
         require(self.image_size >= 1, "image_size", self.image_size, "must be >= 1")
         require(self.channels >= 1, "channels", self.channels, "must be >= 1")
+
+    def check_inputs(self) -> None:
+        """SRC exists (run by `lapa` before anything is written)."""
+        require_path("src", self.src, "file", "the published LAQ state dict (.pt)")
 
 
 def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:

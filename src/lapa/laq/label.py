@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 
 from lapa.config import require
-from lapa.data.shards import decode_npy, list_shards, write_shard
+from lapa.data.shards import decode_npy, list_shards, require_shards, write_shard
 from lapa.io import write_json_atomic
 from lapa.laq.metrics import code_counts, combo_ids, perplexity, utilisation
 from lapa.training.cluster import DEVICE_CHOICES, dist_env, resolve_device, valid_device
@@ -42,11 +43,11 @@ log = logging.getLogger(__name__)
 class LabelConfig:
     """Settings of `lapa label` (conf/label.yaml)."""
 
-    checkpoint: str = ""  # LAQ checkpoint: ours (laq_final.pt) or a Lightning .ckpt of `lapa train-laq`
-    shards: str = ""  # frame-pair shards: a directory, a glob or a brace pattern
-    output_dir: str = ""
+    checkpoint: str = MISSING  # LAQ checkpoint: ours (laq_final.pt) or a Lightning .ckpt of `lapa train-laq`
+    shards: str = MISSING  # frame-pair shards: a directory, a glob or a brace pattern
+    output_dir: str = MISSING  # folder for the latent-labelled shards and label_summary.json
     prefix: str = "latent"  # output shard = {prefix}-{input shard name}
-    batch_size: int = 256
+    batch_size: int = 256  # frame pairs per forward pass
     num_workers: int = 2  # data-loader processes per rank
     image_size: int | None = None  # frames are resized to this; None: the model's image_size
     device: str = "auto"  # auto (cuda:LOCAL_RANK when available, else cpu) | cpu | cuda | cuda:N
@@ -68,6 +69,13 @@ class LabelConfig:
         require(world >= 1, "world_size", self.world_size, "must be >= 1")
         rank = self.resolved_rank()
         require(0 <= rank < world, "rank", rank, f"must lie in 0..{world - 1} (world_size={world})")
+
+    def check_inputs(self) -> None:
+        """The shards exist and the checkpoint is a LAQ that takes `image_size` (run by `lapa` first)."""
+        from lapa.laq.checkpoint import check_checkpoint
+
+        require_shards("shards", self.shards)
+        check_checkpoint("checkpoint", self.checkpoint, self.image_size)
 
     def resolved_rank(self) -> int:
         return self.rank if self.rank is not None else dist_env().rank
@@ -167,12 +175,13 @@ def run(cfg: LabelConfig) -> int:
         raise ValueError(f"shards={cfg.shards!r}: input shard names repeat ({dup[:3]}); the output shard "
                          "is named after its input, so label each directory into its own output_dir")
     mine = assign_shards(all_shards, rank, world)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     model = load_model(cfg.checkpoint).to(device).eval()
     codebook_size, code_seq_len, model_size = _model_dims(model)
+    require(cfg.image_size in (None, model_size), "image_size", cfg.image_size,
+            f"the model takes {model_size}-px frames; leave image_size unset (null)")
     image_size = cfg.image_size or model_size
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"lapa label: rank {rank}/{world} labels {len(mine)} of {len(all_shards)} shards on {device} "
           f"-> {out_dir}", flush=True)
 

@@ -39,22 +39,23 @@ PIXEL_CONVENTIONS = ("reference", "signed_tanh")
 class LAQConfig:
     """Sizes and conventions of an LAQ. Defaults are the paper configuration (343.8 M parameters)."""
 
-    image_size: int = 256
-    patch_size: int = 32
-    channels: int = 3
-    dim: int = 1024
-    quant_dim: int = 32
-    spatial_depth: int = 8
-    temporal_depth: int = 8
+    image_size: int = 256  # input frames are image_size x image_size pixels
+    patch_size: int = 32  # pixels per patch side: a (image_size / patch_size)^2 token grid
+    channels: int = 3  # colour channels of the frames
+    dim: int = 1024  # transformer width
+    quant_dim: int = 32  # width of the latent action vectors the codebook quantises
+    spatial_depth: int = 8  # layers of the spatial transformer (within a frame)
+    temporal_depth: int = 8  # layers of the temporal transformer (across the two frames)
     decoder_depth: int = 8  # the reference uses spatial_depth for the decoder
-    heads: int = 16
-    dim_head: int = 64
-    codebook_size: int = 8
+    heads: int = 16  # attention heads
+    dim_head: int = 64  # width per head
+    codebook_size: int = 8  # codes per latent action token
     code_seq_len: int = 4  # action tokens: 1, 4 or 16
     pixel_convention: str = "signed_tanh"  # "reference" for imported published weights
     dropout: float = 0.0  # attention and feed-forward dropout (0 in the reference)
+    # Optimiser steps at which dead codes restart (the reference schedule).
     replacement_steps: list[int] = field(default_factory=lambda: list(REFERENCE_REPLACEMENT_STEPS))
-    replacement_threshold: float = 0.1
+    replacement_threshold: float = 0.1  # codes used less than this share of the average are replaced
     # "used_codes": the reference (copies of used codes); "recent_deltas": restart at recent deltas.
     replacement_source: str = "used_codes"
 
@@ -175,6 +176,18 @@ def _check_frames(frames: Tensor, cfg: LAQConfig, t: int = 2) -> None:
                          f"got {list(frames.shape)}")
 
 
+def _check_pixels(frames: Tensor) -> None:
+    """The public inference methods take float pixels in [0, 1]: 0..255 values (uint8 images not divided
+    by 255) would give confident nonsense. One host sync per call; `forward` (training) skips it."""
+    if not frames.is_floating_point():
+        raise ValueError(f"frames must be float pixels in [0, 1], got {frames.dtype} (divide by 255)")
+    if frames.numel():
+        lo, hi = (float(v) for v in torch.aminmax(frames.detach()))
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            hint = " (0..255 pixels? divide by 255)" if hi > 2 else ""
+            raise ValueError(f"frames must be pixels in [0, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
+
+
 class LAQEncoder(_EncoderParts, nn.Module):
     """Spec component: frames [B, C, 2, H, W] in model pixel space -> (first, last) [B, g*g, D]."""
 
@@ -260,6 +273,7 @@ class LAQ(_EncoderParts, _DecoderParts, nn.Module):
     def quantize(self, frames: Tensor) -> Tensor:
         """frames [B, C, 2, H, W] in [0, 1] -> latent action indices [B, L] (long)."""
         _check_frames(frames, self.cfg)
+        _check_pixels(frames)
         x = to_model_pixels(frames, self.cfg.pixel_convention)
         first, last = self.encode_tokens(self.patch_embed(x), self.position_bias())
         return self.vq.nearest(self.vq.delta(first, last)).reshape(-1, self.cfg.code_seq_len)
@@ -267,6 +281,7 @@ class LAQ(_EncoderParts, _DecoderParts, nn.Module):
     @torch.no_grad()
     def reconstruct(self, frames: Tensor) -> Tensor:
         """frames [B, C, 2, H, W] in [0, 1] -> predicted frame t+1 [B, C, H, W] in [0, 1] units."""
+        _check_pixels(frames)
         pred = self._run(frames, train_vq=False)[0]
         return from_model_pixels(pred, self.cfg.pixel_convention)
 
@@ -274,6 +289,7 @@ class LAQ(_EncoderParts, _DecoderParts, nn.Module):
     def decode(self, first_frame: Tensor, indices: Tensor) -> Tensor:
         """first_frame [B, C, H, W] in [0, 1], indices [B, L] -> frame t+1 [B, C, H, W] in [0, 1] units."""
         _check_frames(first_frame.unsqueeze(2), self.cfg, t=1)
+        _check_pixels(first_frame)
         if indices.shape != (first_frame.shape[0], self.cfg.code_seq_len):
             raise ValueError(f"indices must be [B, {self.cfg.code_seq_len}]; got {list(indices.shape)}")
         if indices.min() < 0 or indices.max() >= self.cfg.codebook_size:

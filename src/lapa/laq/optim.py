@@ -6,14 +6,13 @@ Two recipes are configurable:
 - the published reference (`training/laq_reference.yaml`): Adam, weight decay 0, betas (0.9, 0.99),
   constant lr 1e-4.
 
-The schedule is stepped every optimiser step (not every epoch), so it means the same thing for the
-map-style and the streaming (WebDataset) loaders, and its state is a single counter that Lightning saves
-and restores with the checkpoint.
+The schedule (`lapa.training.schedule`, shared with every stage) is stepped every optimiser step (not
+every epoch), so it means the same thing for the map-style and the streaming (WebDataset) loaders, and its
+state is a single counter that Lightning saves and restores with the checkpoint.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +21,6 @@ from torch import nn
 from lapa.config import require
 
 OPTIMIZERS = ("adamw", "adam")
-SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -30,10 +28,10 @@ class OptimizerConfig:
     """`training.optimizer`: the Adam family optimiser."""
 
     name: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty; the reference uses 0)
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    eps: float = 1e-8
+    lr: float = 1e-4  # peak learning rate (after the warmup)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's moment decay rates
+    weight_decay: float = 0.01  # AdamW: decoupled; adam: an L2 penalty
+    eps: float = 1e-8  # Adam's denominator epsilon
     # Fused kernels on CUDA, multi-tensor (foreach) on CPU; `false` forces the plain loop (debugging).
     fused: bool = True
 
@@ -46,27 +44,6 @@ class OptimizerConfig:
         require(self.weight_decay >= 0, "training.optimizer.weight_decay", self.weight_decay,
                 "must be >= 0")
         require(self.eps > 0, "training.optimizer.eps", self.eps, "must be > 0")
-
-
-@dataclass
-class SchedulerConfig:
-    """`training.scheduler`: linear warmup, then cosine decay (or a constant lr)."""
-
-    name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 1000
-    eta_min: float = 1e-6  # the lr reached at the last step (cosine only)
-    # Steps of the cosine; null = the run's number of optimiser steps (Trainer.estimated_stepping_batches).
-    total_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        require(self.name in SCHEDULES, "training.scheduler.name", self.name,
-                f"must be one of {', '.join(SCHEDULES)}")
-        require(self.warmup_steps >= 0, "training.scheduler.warmup_steps", self.warmup_steps,
-                "must be >= 0")
-        require(self.eta_min >= 0, "training.scheduler.eta_min", self.eta_min, "must be >= 0")
-        require(self.total_steps is None or self.total_steps > self.warmup_steps,
-                "training.scheduler.total_steps", self.total_steps,
-                "must be null or larger than training.scheduler.warmup_steps")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -96,27 +73,3 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         kwargs["foreach"] = False
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return cls(parameter_groups(model, cfg.weight_decay), **kwargs)
-
-
-def lr_factor(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float) -> float:
-    """Multiplier of the base lr at optimiser step `step` (0-based).
-
-    Warmup: (step + 1) / warmup_steps, so the first step already moves (a factor of 0 would waste it).
-    Cosine: from 1 at the end of warmup to eta_min / base_lr at `total_steps`, flat after that.
-    """
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.name == "constant":
-        return 1.0
-    floor = cfg.eta_min / base_lr
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimiser step; `total_steps` is the length of the run."""
-    base_lr = optimizer.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg, total_steps, base_lr))

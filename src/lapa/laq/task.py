@@ -30,7 +30,8 @@ import torch
 from lapa.config import require, to_dict, to_schema
 from lapa.laq import LAQ, LAQConfig
 from lapa.laq.metrics import code_counts, psnr_from_mse, utilisation
-from lapa.laq.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from lapa.laq.optim import OptimizerConfig, build_optimizer
+from lapa.training.schedule import SchedulerConfig, build_scheduler
 
 
 @dataclass
@@ -40,7 +41,7 @@ class CheckpointConfig:
     every_n_steps: int = 1000  # periodic `step=N.ckpt`; 0 disables (last.ckpt is written on every save)
     keep_periodic: int = 3  # newest periodic checkpoints kept; -1 keeps all
     save_best: bool = True  # best.ckpt by `monitor` (lowest), whenever validation runs
-    monitor: str = "val/loss_recon"
+    monitor: str = "val/loss_recon"  # the logged value that picks best.ckpt (lowest)
 
     def __post_init__(self) -> None:
         require(self.every_n_steps >= 0, "training.checkpoint.every_n_steps", self.every_n_steps,
@@ -54,15 +55,15 @@ class TrainingConfig:
     """`training` (conf/training/*.yaml): optimiser, schedule and loop of LAQ training."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(warmup_steps=1000))
     gradient_clip_val: float = 1.0  # 0 disables clipping
     gradient_clip_algorithm: str = "norm"  # norm | value
     max_steps: int = 100_000  # optimiser steps; -1 = until max_epochs
     max_epochs: int = -1  # -1 = until max_steps
     val_check_interval: int | float = 1000  # int: every N training batches; float: fraction of an epoch
     limit_val_batches: int | float = 1.0  # int: batches per validation; float: fraction
-    log_every_n_steps: int = 50
-    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 50  # steps between log rows (and progress-bar refreshes)
+    accumulate_grad_batches: int = 1  # batches summed into one optimiser step
     compile: bool = False  # torch.compile each transformer layer in place (keeps `model.*` checkpoint keys)
     num_vis_rows: int = 8  # rows of the reconstruction grid saved every validation
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -31,21 +31,31 @@ from lapa.config import require, to_dict, to_yaml
 from lapa.data.datamodule import LAPADataModule
 from lapa.data.frame_pairs import FRAME_PAIRS
 from lapa.data.loader import DataConfig
+from lapa.data.shards import require_shards
 from lapa.laq import LAQConfig, save_model
 from lapa.laq.callbacks import ReconstructionGrid
 from lapa.laq.task import LAQTask, TrainingConfig
 from lapa.training.cluster import ClusterConfig, apply_precision, make_strategy
 from lapa.training.lightning_callbacks import (
     AtomicCheckpointIO,
+    CheckpointOnSigterm,
     ConfigInCheckpoint,
     SeedPerBatch,
+    StepProgressBar,
     checkpoint_callbacks,
     checkpoint_step,
+    quiet_lightning,
 )
 from lapa.training.loggers import WandbConfig, check_logger, make_logger
 from lapa.training.run_dir import RunDir
+from lapa.training.stop_signal import EXIT_STOPPED
 
 log = logging.getLogger(__name__)
+
+# The exit status of a run stopped by SIGTERM (Slurm's time limit or preemption): 128 + 15, as a shell
+# reports a process killed by it, so that a job script never mistakes the stop for the end of training.
+# What a run writes into output_dir besides config.yaml, summary.json and checkpoints/ (`RunDir.start`).
+RUN_OUTPUTS = ("laq_final.pt", "recon", "logs")
 
 
 @dataclass
@@ -56,10 +66,11 @@ class TrainLAQConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    experiment_name: str = "laq"
-    seed: int = 42
-    output_dir: str = "runs/laq"
+    experiment_name: str = "laq"  # names the run (logs; the default output_dir)
+    seed: int = 42  # model init and the per-batch noise seeds
+    output_dir: str = "runs/laq"  # checkpoints, logs, recon/, laq_final.pt, summary.json
     resume: str | None = None  # null: a fresh run | auto: output_dir/checkpoints/last.ckpt if present | PATH
+    overwrite: bool = False  # true: delete the run already in output_dir and start over
     logger: str = "csv"  # csv | tensorboard | wandb
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -72,17 +83,23 @@ class TrainLAQConfig:
         require(image_size in (None, self.model.image_size), "data.image_size", image_size,
                 f"must equal model.image_size={self.model.image_size} (the model's input size)")
 
+    def check_inputs(self) -> None:
+        """The training (and validation) shards exist (run by `lapa` before anything is created)."""
+        require_shards("data.train_shards", self.data.train_shards)
+        if self.data.val_shards:
+            require_shards("data.val_shards", self.data.val_shards)
+
 
 def build_trainer(cfg: TrainLAQConfig, callbacks: list, logger: Any) -> Any:
     """A Lightning Trainer from `training` (loop, clipping) and `cluster` (devices, precision)."""
     import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
 
+    quiet_lightning()
     t, c = cfg.training, cfg.cluster
     step_interval = isinstance(t.val_check_interval, int)
     # The bar reads the logged tensors (a host-device sync on GPU) each time it refreshes: do that as
     # often as the loggers write, not on every step.
-    callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps))]
+    callbacks = [*callbacks, StepProgressBar(refresh_rate=max(1, t.log_every_n_steps))]
     return L.Trainer(
         accelerator="gpu" if c.accelerator == "cuda" else c.accelerator,
         devices=c.devices, num_nodes=c.num_nodes, strategy=make_strategy(c),
@@ -119,10 +136,12 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
     from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     out = Path(cfg.output_dir)
     run_dir = RunDir(out)
-    ckpt_path = run_dir.resolve_resume(cfg.resume)
+    # A folder holding a run is refused unless resume= or overwrite=true says what to do with it.
+    ckpt_path = run_dir.start(cfg.resume, cfg.overwrite, outputs=RUN_OUTPUTS, rank_zero=rank_zero_only.rank == 0)
     if rank_zero_only.rank == 0:  # only rank 0 writes checkpoints; nothing is saving yet
         for path in run_dir.clean(checkpoint_step(ckpt_path) if ckpt_path else None):
             log.info("removed %s: newer than the resumed state, it will be written again", path.name)
@@ -138,7 +157,9 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
                                                    ck.save_best, ck.monitor)
     grid = ReconstructionGrid(out / "recon", rows=cfg.training.num_vis_rows)
     start_step = [0]  # the global step after a resume restored it
-    callbacks = [*ckpt_callbacks, grid, ConfigInCheckpoint(config_dict, config_yaml), SeedPerBatch(cfg.seed),
+    on_sigterm = CheckpointOnSigterm(run_dir.last)
+    callbacks = [*ckpt_callbacks, grid, on_sigterm, ConfigInCheckpoint(config_dict, config_yaml),
+                 SeedPerBatch(cfg.seed),
                  LearningRateMonitor(logging_interval="step"),
                  LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
     trainer = build_trainer(cfg, callbacks, make_logger(cfg.logger, out, cfg.experiment_name, cfg.wandb))
@@ -151,29 +172,36 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
         print(f"  resuming from {ckpt_path}" if ckpt_path else "  starting a fresh run")
 
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-    wall = time.perf_counter() - start
-    if trainer.interrupted:
-        print(f"lapa train-laq: interrupted at step {trainer.global_step}; continue with resume=auto")
-        return 1
-    steps = trainer.global_step - start_step[0]
-
     last_ckpt = run_dir.last
-    trainer.save_checkpoint(last_ckpt)  # the final state, whatever the periodic schedule was
-    has_val = trainer.num_val_batches and sum(trainer.num_val_batches) > 0
-    if has_val and task.last_val_step != trainer.global_step:
-        trainer.validate(task, datamodule=datamodule, verbose=False)  # final metrics of the final weights
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        wall = time.perf_counter() - start
+        if trainer.interrupted:
+            print(f"lapa train-laq: interrupted at step {trainer.global_step}; continue with resume=auto")
+            return 1
+        steps = trainer.global_step - start_step[0]
+        has_val = trainer.num_val_batches and sum(trainer.num_val_batches) > 0
+        if has_val and task.last_val_step != trainer.global_step:
+            trainer.validate(task, datamodule=datamodule, verbose=False)  # final metrics of the final weights
+        if best_cb is not None:  # the final weights may be the best: best.ckpt is never worse than them
+            _keep_final_if_best(trainer, best_cb, _metric(trainer, ck.monitor), run_dir.best)
+        trainer.save_checkpoint(last_ckpt, weights_only=False)  # the final state, whatever the periodic schedule was
+    except SIGTERMException:  # Lightning stops at the end of the batch it was on; `on_sigterm` saved it
+        if trainer.is_global_zero:
+            print(f"lapa train-laq: stopped by SIGTERM at step {trainer.global_step}; saved {on_sigterm.ckpt_path}. "
+                  "Continue with the same command and resume=auto", flush=True)
+        return EXIT_STOPPED
     if not trainer.is_global_zero:
         return 0
 
     save_model(task.model, out / "laq_final.pt")
-    best_score = None if best_cb is None or best_cb.best_model_score is None else float(
-        best_cb.best_model_score)
+    best_path = best_cb.best_model_path if best_cb is not None else ""
     summary = {
         "experiment_name": cfg.experiment_name, "steps": trainer.global_step, "steps_this_run": steps,
         "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 4) if wall > 0 else None,
-        "best_val_loss_recon": best_score,
-        "best_checkpoint": best_cb.best_model_path if best_cb is not None else None,
+        "best_val_loss_recon": None if best_cb is None or best_cb.best_model_score is None else float(
+            best_cb.best_model_score),
+        "best_checkpoint": best_path or None,
         "last_checkpoint": str(last_ckpt), "final_model": str(out / "laq_final.pt"),
         "final_val": {k: _metric(trainer, f"val/{k}") for k in
                       ("loss_recon", "psnr", "psnr_copy", "perplexity", "codebook_utilization")},
@@ -182,6 +210,23 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     run_dir.write_summary(summary)
     _print_summary(summary)
     return 0
+
+
+def _keep_final_if_best(trainer: Any, best_cb: Any, score: float | None, best_path: Path) -> None:
+    """After the final validation (outside `fit`, so `ModelCheckpoint` does not see it): when the final
+    weights score better than the best so far, or when no best is recorded yet (a resumed run that
+    validated nowhere else), they become `best.ckpt`."""
+    import torch
+
+    if score is None:
+        return
+    best = best_cb.best_model_score
+    if best is not None and float(best) <= score and Path(best_cb.best_model_path or "").is_file():
+        return
+    best_cb.best_model_score = torch.tensor(score)  # before the save: best.ckpt records its own score
+    best_cb.best_model_path = best_cb.kth_best_model_path = str(best_path)
+    best_cb.best_k_models = {str(best_path): best_cb.best_model_score}
+    trainer.save_checkpoint(best_path, weights_only=False)
 
 
 def _print_summary(s: dict) -> None:

@@ -6,6 +6,9 @@
 - `run_dir`: the output folder of a training run (resume=auto, checkpoint rotation, orphan clean-up,
   summary).
 - `loggers`: CSV / TensorBoard / W&B logger construction (Lightning Trainer and Fabric).
+- `fabric`: Fabric for a plain loop (strategy by device count, precision), checkpoint suffix, meta-device
+  materialisation from rank 0, full state dicts of sharded models, all-reduce.
+- `schedule`: the warmup + cosine learning-rate schedule of the plain loops.
 - `lightning_callbacks`: Trainer callbacks every Trainer stage shares (per-batch seeding, config in
   checkpoints, atomic checkpoint writes, the run directory's ModelCheckpoints).
 

@@ -69,32 +69,32 @@ def resolve_device(name: str = "auto"):
 
 @dataclass
 class SlurmConfig:
-    partition: str | None = None
-    qos: str | None = None
-    account: str | None = None
+    partition: str | None = None  # Slurm partition (sbatch --partition)
+    qos: str | None = None  # Slurm quality of service
+    account: str | None = None  # Slurm account to charge
 
 
 @dataclass
 class StorageConfig:
-    data_root: str = "data"
-    checkpoint_dir: str = "runs/checkpoints"
-    log_dir: str = "runs/logs"
+    data_root: str = "data"  # where this cluster keeps shards (data presets lie below it)
+    checkpoint_dir: str = "runs/checkpoints"  # where runs of the paper presets write
+    log_dir: str = "runs/logs"  # where job logs go
 
 
 @dataclass
 class ClusterConfig:
     """Compute resources and distributed settings. `accelerator: auto` picks a GPU when one is present."""
 
-    name: str = "local_dev"
-    num_nodes: int = 1
+    name: str = "local_dev"  # the cluster preset (cluster/<name>.yaml)
+    num_nodes: int = 1  # machines
     devices: int | str = 1  # per node; "auto" uses every visible device
     accelerator: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     strategy: str = "auto"  # auto | ddp | fsdp
     backend: str | None = None  # nccl | gloo; None lets Lightning choose
-    cpus_per_task: int = 2
-    mem_gb: int = 16
-    time_limit: str = "01:00:00"
+    cpus_per_task: int = 2  # CPU cores per task (one task per device)
+    mem_gb: int = 16  # memory per node
+    time_limit: str = "01:00:00"  # Slurm time limit (HH:MM:SS)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 

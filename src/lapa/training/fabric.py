@@ -104,6 +104,23 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ meta init
+# Name segments that wrappers add to `named_buffers()` / `named_parameters()` but not to `state_dict()`
+# (activation checkpointing's wrapper strips its own in state dicts; `torch.compile`'s wrapper module).
+WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter or buffer name without the segments of wrappers: the name in an unwrapped model."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+def named_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every buffer (persistent or not) of `model` under its unwrapped name (`clean_name`)."""
+    return {clean_name(name): buf for name, buf in model.named_buffers()}
+
+
 def has_meta(module: nn.Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
@@ -112,7 +129,7 @@ def full_state_with_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """`state_dict()` plus every buffer under its name (the non-persistent ones too): what
     `materialize_from_rank0` fills a meta-built copy of `model` with."""
     state = dict(model.state_dict())
-    state.update({name: buf for name, buf in model.named_buffers()})
+    state.update(named_buffers(model))
     return state
 
 
@@ -132,7 +149,7 @@ def materialize_from_rank0(model: nn.Module, source: dict[str, torch.Tensor] | N
     params = {k: v for k, v in (source or {}).items() if k in keys} if rank == 0 else {}
     set_model_state_dict(model, params, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     comm_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else device
-    for name, buf in model.named_buffers():
+    for name, buf in named_buffers(model).items():
         tmp = source[name].to(comm_device, buf.dtype) if rank == 0 else torch.empty_like(buf, device=comm_device)
         dist.broadcast(tmp, src=0)
         with torch.no_grad():

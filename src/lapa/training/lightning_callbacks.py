@@ -9,18 +9,23 @@
   disk.)
 - `checkpoint_callbacks`: the `ModelCheckpoint`s writing the run directory's `step_N.ckpt` (the newest
   K), `last.ckpt` and `best.ckpt` (`lapa.training.run_dir` names).
+- `CheckpointOnSigterm`: on SIGTERM (Slurm's time limit or preemption) saves a resumable `last.ckpt`.
 - `checkpoint_step`: the global step stored in a Lightning checkpoint file.
+- `StepProgressBar`: one bar over the run's steps; `quiet_lightning()`: drops Lightning's advertising and
+  messages that say nothing about the run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lapa.io import atomic_path
@@ -90,12 +95,107 @@ def checkpoint_callbacks(ckpt_dir: str | os.PathLike, every_n_steps: int, keep_p
             save_on_train_epoch_end=True))
     best = None
     if save_best:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
-                               monitor=monitor, mode=mode, save_top_k=1, save_last=every_n_steps == 0)
+        best = BestCheckpoint(dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
+                              monitor=monitor, mode=mode, save_top_k=1, save_last=every_n_steps == 0)
         callbacks.append(best)
     return callbacks, best
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """`best.ckpt`: a `ModelCheckpoint` that, resumed from a state saved before its first score (a periodic
+    checkpoint written just before a validation), takes the score recorded inside an existing `best.ckpt`
+    instead of forgetting it (and overwriting a better model at the next validation)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        path = Path(self.dirpath or "") / f"{self.filename}{self.FILE_EXTENSION}"
+        if self.best_model_score is not None or not path.is_file():
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+        score = saved.get(self.state_key, {}).get("best_model_score")
+        if score is not None:
+            self.best_model_score = torch.as_tensor(score)
+            self.best_model_path = self.kth_best_model_path = str(path)
+            self.best_k_models = {str(path): self.best_model_score}
+
+
+class CheckpointOnSigterm(L.Callback):
+    """Saves the run's `last.ckpt` when the run is stopped by SIGTERM (Slurm's time limit, preemption).
+
+    Lightning's signal connector turns SIGTERM into a `SIGTERMException` at the end of the batch being
+    trained (all ranks agree) and calls `on_exception` before it propagates out of `fit`: the state saved
+    here is a clean one between two steps, what `resume=auto` continues from. Other exceptions may strike
+    mid-step, so they save nothing. (Lightning's `OnExceptionCheckpoint` saves on any exception, deletes
+    the file at teardown, and turns every later `fit(ckpt_path=None)` into a resume from "last".)
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.ckpt_path = str(path)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The global step stored in a Lightning checkpoint file (memory-mapped: the weights are not read)."""
     return int(torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar over the run's optimiser steps (`Steps (epoch 1): 120/800`) when `max_steps` bounds the run.
+
+    Lightning's bar restarts every epoch with min(epoch length, remaining steps) as its total; a stream
+    without a length then shows `Epoch 0: 10/800` for an epoch of 75 batches."""
+
+    def _by_step(self, trainer: L.Trainer) -> bool:
+        return trainer.max_steps is not None and trainer.max_steps > 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._by_step(trainer):
+            return super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        bar.total, bar.n = trainer.max_steps, trainer.global_step
+        bar.set_description(f"Steps (epoch {trainer.current_epoch})")
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._by_step(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+
+# Lightning lines that say nothing about the run: advertising, a default it announces on every save, the
+# not-empty checkpoint folder of every resume (`RunDir.start` refuses any other), a torch deprecation
+# inside Lightning.
+_NOISE = ("💡 Tip:", "`weights_only` was not set", "exists and is not empty")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in _NOISE)
+
+
+def quiet_lightning() -> None:
+    """Lightning's log lines once each, without its advertising and noise (`_NOISE`); idempotent.
+
+    Lightning gives its loggers their own handler only when it is imported before the root logger has
+    one; imported later (`lapa demo` runs the stages in one process after `lapa` set up logging), its
+    lines reached both the `lightning` logger's handler and the root's: printed twice. Here each of its
+    loggers gets exactly one handler and stops propagating, whatever the import order."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+        logger.propagate = False
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")

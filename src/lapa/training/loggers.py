@@ -30,8 +30,8 @@ LOG_DIR = "logs"
 class WandbConfig:
     """`wandb`: used when `logger=wandb` (needs the `wandb` extra)."""
 
-    project: str = "lapa"
-    entity: str | None = None
+    project: str = "lapa"  # W&B project
+    entity: str | None = None  # W&B team or user; null: your default
     offline: bool = False  # true: log to disk only, `wandb sync` later (no account or network needed)
 
 

@@ -22,9 +22,11 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lapa.config import ConfigError
 from lapa.io import remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 CHECKPOINT_DIR = "checkpoints"
@@ -124,6 +126,43 @@ class RunDir(CheckpointNames):
     def resolve_resume(self, resume: str | os.PathLike | None) -> str | None:
         """`resolve_resume(resume, self.last)`: null | auto | PATH -> the checkpoint, or None."""
         return resolve_resume(resume, self.last)
+
+    def previous_run(self, outputs: Iterable[str] = ()) -> list[str]:
+        """What of an earlier run the folder holds: `config.yaml`, `summary.json`, checkpoints and the
+        stage's own `outputs` (names relative to the root, e.g. "laq_final.pt"); [] for a new folder."""
+        found = [name for name in ("config.yaml", "summary.json", *outputs) if (self.root / name).exists()]
+        if self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
+            found.append(f"{CHECKPOINT_DIR}/")
+        return found
+
+    def start(self, resume: str | os.PathLike | None, overwrite: bool = False, outputs: Iterable[str] = (),
+              rank_zero: bool = True) -> str | None:
+        """The start of every training run, before anything is written: the checkpoint to continue from
+        (`resolve_resume`), or None for a fresh run.
+
+        A folder that holds a run (`previous_run`) is refused with a `ConfigError` unless the user says
+        what to do with it: `resume=auto` (or a checkpoint path) continues it, `overwrite=true` starts over
+        and first deletes the earlier run's files (rank 0; `outputs` are the stage's own files and folders,
+        e.g. the final model, logs, pictures; nothing else in the folder is touched). So a finished run is
+        never silently replaced, nor are old checkpoints left mixed with new ones.
+
+        Only rank 0 looks at the folder (`rank_zero`): the other ranks may start after rank 0 has written
+        this run's `config.yaml` (Lightning's launcher starts them inside `fit`), so they follow rank 0's
+        decision, which ends the job when it refuses (a job step should end when one task fails:
+        torchrun does; `srun --kill-on-bad-exit=1`)."""
+        if overwrite and resume is not None:
+            raise ConfigError(f"overwrite=true with resume={resume}: overwrite starts the run over; drop one")
+        found = self.previous_run(outputs) if rank_zero else []
+        if found and resume is None and not overwrite:
+            raise ConfigError(
+                f"output_dir={self.root} already holds a run ({', '.join(found)}); continue it with "
+                "resume=auto, or start over with overwrite=true (deletes that run's checkpoints and outputs), "
+                "or choose another output_dir")
+        if found and overwrite and rank_zero:
+            for name in ("config.yaml", "summary.json", CHECKPOINT_DIR, *outputs):
+                if (self.root / name).exists() or (self.root / name).is_symlink():
+                    _remove(self.root / name)
+        return self.resolve_resume(resume)
 
     def clean(self, resume_step: int | None) -> list[Path]:
         """Start-of-run clean-up (rank 0, before anything saves): the temporary files a kill left behind

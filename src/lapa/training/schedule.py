@@ -22,7 +22,7 @@ class SchedulerConfig:
     """`training.scheduler`: linear warmup, then cosine decay (or a constant lr)."""
 
     name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 2000
+    warmup_steps: int = 2000  # optimiser steps of the linear warmup from 0 to the peak lr
     eta_min: float = 1e-6  # the lr reached at the last step (cosine only)
     # Optimiser steps of the cosine; null = the run's `training.max_steps`. Set it to stop a run early
     # (max_steps smaller) on the schedule of a longer one.

@@ -7,6 +7,9 @@
 - `heads`: ACT-token readout heads (Stage 2: latent tokens, Stage 3: binned actions).
 - `model`: `VLAConfig`, `VLA` (one forward pass: images + prompts -> logits), `load_vla_config`.
 - `export`: the export directory (`save_pretrained` / `from_pretrained`).
+- Stage 2 training, `lapa train-vla` (import directly, they need Lightning): `pretrain` (the loop),
+  `pretrain_config` (its config), `optim` (AdamW groups), `validation` (metrics and the floor),
+  `distributed` (meta-device build, sharding, export of a sharded model).
 
 Never imports `lapa.laq`: latent tokens reach Stage 2 only through shards.
 """
