@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/laq_throughput.py --sizes tiny,medium --precision bf16
 	$(BIN)/python benchmarks/label_throughput.py
 	$(BIN)/python benchmarks/sim_speed.py
+	$(BIN)/python benchmarks/vla_throughput.py --threads 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
