@@ -82,7 +82,11 @@ def build_trainer(cfg: FinetuneConfig, callbacks: list, logger: Any) -> L.Traine
     if sharded(cfg):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        strategy: Any = ModelParallelStrategy()
+        from lapa.training.fabric import world_size
+
+        # Every process is a data-parallel rank (the VLA has no tensor parallelism): the default sizes
+        # would make a (nodes, devices) mesh, and give all GPUs of a node the same samples.
+        strategy: Any = ModelParallelStrategy(data_parallel_size=world_size(c), tensor_parallel_size=1)
     else:
         strategy, plugins = "auto", [AtomicCheckpointIO()]
     return L.Trainer(
