@@ -6,11 +6,6 @@ with its best checkpoint recorded, and `overwrite=true` starts over without old 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +14,8 @@ from laq_train_fixtures import write_pair_shards
 
 from lapa.cli import main as lapa_main
 from lapa.training.stop_signal import EXIT_STOPPED
+from stop_run import sigterm_when
 
-LAQ_BIN = str(Path(sys.executable).with_name("lapa"))
 FAST = ["data.batch_size=4", "data.shuffle_buffer=8", "data.num_workers=0", "training.log_every_n_steps=1",
         "training.val_check_interval=2", "training.limit_val_batches=2", "training.checkpoint.every_n_steps=2",
         "training.num_vis_rows=2", "training.scheduler.warmup_steps=2", "training.scheduler.total_steps=50"]
@@ -38,18 +33,10 @@ def test_sigterm_stops_resumably_and_reruns_need_resume_or_overwrite(tmp_path, c
     out = tmp_path / "run"
     common = ["experiment=laq_debug", f"data.train_shards={tmp_path}/train", f"data.val_shards={tmp_path}/val",
               f"output_dir={out}", *FAST]
-    proc = subprocess.Popen([LAQ_BIN, "train-laq", *common, "training.max_steps=1000"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoints" / "step_00000002.ckpt").exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    printed = proc.communicate(timeout=120)[0]
+    status, printed = sigterm_when(["train-laq", *common, "training.max_steps=1000"],
+                                   (out / "checkpoints" / "step_00000002.ckpt").exists)
     # Stopped, not finished: a non-zero status, no final model, and a checkpoint to continue from.
-    assert proc.returncode == EXIT_STOPPED, printed
+    assert status == EXIT_STOPPED, printed
     assert "stopped by SIGTERM" in printed and "resume=auto" in printed
     # One progress bar over max_steps (not "Epoch 0: 2/1000" for a 6-batch epoch), without Lightning's
     # advertising or its notice on every save.

@@ -13,11 +13,8 @@ from lapa.vla import load_tokenizer
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_thread):
+    """Every test of this folder runs with one torch thread (`tests/conftest.py`'s `one_thread`)."""
 
 
 @pytest.fixture(scope="module")

@@ -236,28 +236,15 @@ def test_activation_checkpointing_on_one_device_changes_no_number(shards, tmp_pa
 def test_sigterm_stops_with_a_checkpoint_and_a_nonzero_status(shards, tmp_path):
     """Slurm's time limit / preemption: SIGTERM stops the loop at a step boundary with a checkpoint and
     status 143 (not 0: a job script must not take it for a finished run); resume=auto then finishes."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from lapa.training.stop_signal import EXIT_STOPPED
+    from stop_run import sigterm_when
 
     out = tmp_path / "run"
     args = ["experiment=vla_debug", *FAST, f"data.train_shards={shards / 'train'}", "data.val_shards=null",
             f"output_dir={out}", "training.checkpoint.every_n_steps=2"]
-    lapa = str(Path(sys.executable).with_name("lapa"))
-    proc = subprocess.Popen([lapa, "train-vla", *args, "training.max_steps=100000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 240
-    while not step_checkpoints(out / "checkpoints"):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    printed = proc.communicate(timeout=120)[0]
-    assert proc.returncode == EXIT_STOPPED, printed
+    status, printed = sigterm_when(["train-vla", *args, "training.max_steps=100000"],
+                                   lambda: bool(step_checkpoints(out / "checkpoints")))
+    assert status == EXIT_STOPPED, printed
     assert "stopped by SIGTERM" in printed and "resume=auto" in printed
     stopped = int(read_progress(out / "checkpoints" / "last.ckpt")["step"])
     assert not (out / "export").exists() and not (out / "summary.json").exists()

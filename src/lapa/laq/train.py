@@ -22,7 +22,6 @@ stream restarts at the beginning of the saved epoch, with a warning).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,16 +43,15 @@ from lapa.training.lightning_callbacks import (
     StepProgressBar,
     checkpoint_callbacks,
     checkpoint_step,
+    fit_to_the_end,
     quiet_lightning,
 )
 from lapa.training.loggers import WandbConfig, check_logger, make_logger
+from lapa.training.loop_checks import check_run_options
 from lapa.training.run_dir import RunDir
-from lapa.training.stop_signal import EXIT_STOPPED
 
 log = logging.getLogger(__name__)
 
-# The exit status of a run stopped by SIGTERM (Slurm's time limit or preemption): 128 + 15, as a shell
-# reports a process killed by it, so that a job script never mistakes the stop for the end of training.
 # What a run writes into output_dir besides config.yaml, summary.json and checkpoints/ (`RunDir.start`).
 RUN_OUTPUTS = ("laq_final.pt", "recon", "logs")
 
@@ -76,9 +74,7 @@ class TrainLAQConfig:
 
     def __post_init__(self) -> None:
         check_logger(self.logger)
-        require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
-        require(self.resume in (None, "auto") or Path(str(self.resume)).is_file(), "resume", self.resume,
-                "must be null, 'auto' or an existing checkpoint file")
+        check_run_options(self.output_dir, self.resume)
         image_size = getattr(self.data, "image_size", None)
         require(image_size in (None, self.model.image_size), "data.image_size", image_size,
                 f"must equal model.image_size={self.model.image_size} (the model's input size)")
@@ -136,7 +132,6 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
     from lightning.pytorch.utilities import rank_zero_only
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     out = Path(cfg.output_dir)
     run_dir = RunDir(out)
@@ -157,8 +152,7 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
                                                    ck.save_best, ck.monitor)
     grid = ReconstructionGrid(out / "recon", rows=cfg.training.num_vis_rows)
     start_step = [0]  # the global step after a resume restored it
-    on_sigterm = CheckpointOnSigterm(run_dir.last)
-    callbacks = [*ckpt_callbacks, grid, on_sigterm, ConfigInCheckpoint(config_dict, config_yaml),
+    callbacks = [*ckpt_callbacks, grid, CheckpointOnSigterm(run_dir.last), ConfigInCheckpoint(config_dict, config_yaml),
                  SeedPerBatch(cfg.seed),
                  LearningRateMonitor(logging_interval="step"),
                  LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
@@ -171,26 +165,17 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
               f"precision {precision}, writing to {out.resolve()}")
         print(f"  resuming from {ckpt_path}" if ckpt_path else "  starting a fresh run")
 
-    start = time.perf_counter()
     last_ckpt = run_dir.last
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        wall = time.perf_counter() - start
-        if trainer.interrupted:
-            print(f"lapa train-laq: interrupted at step {trainer.global_step}; continue with resume=auto")
-            return 1
-        steps = trainer.global_step - start_step[0]
-        has_val = trainer.num_val_batches and sum(trainer.num_val_batches) > 0
-        if has_val and task.last_val_step != trainer.global_step:
-            trainer.validate(task, datamodule=datamodule, verbose=False)  # final metrics of the final weights
-        if best_cb is not None:  # the final weights may be the best: best.ckpt is never worse than them
+
+    def keep_final_if_best() -> None:  # the final weights may be the best: best.ckpt is never worse than them
+        if best_cb is not None:
             _keep_final_if_best(trainer, best_cb, _metric(trainer, ck.monitor), run_dir.best)
-        trainer.save_checkpoint(last_ckpt, weights_only=False)  # the final state, whatever the periodic schedule was
-    except SIGTERMException:  # Lightning stops at the end of the batch it was on; `on_sigterm` saved it
-        if trainer.is_global_zero:
-            print(f"lapa train-laq: stopped by SIGTERM at step {trainer.global_step}; saved {on_sigterm.ckpt_path}. "
-                  "Continue with the same command and resume=auto", flush=True)
-        return EXIT_STOPPED
+
+    status, wall = fit_to_the_end(trainer, task, datamodule, ckpt_path, command="train-laq", last=last_ckpt,
+                                  before_last_save=keep_final_if_best)
+    if status is not None:
+        return status
+    steps = trainer.global_step - start_step[0]
     if not trainer.is_global_zero:
         return 0
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,42 @@ def quiet_lightning() -> None:
                 handler.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def fit_to_the_end(trainer: Any, task: Any, datamodule: Any, ckpt_path: str | None, *, command: str, last: Path,
+                   has_val: bool | None = None,
+                   before_last_save: Callable[[], None] | None = None) -> tuple[int | None, float]:
+    """`trainer.fit`, then what every Lightning stage does at the end: a final validation of the final
+    weights when the last step had none (`task.last_val_step`), `before_last_save()` (e.g. keep the final
+    weights as best), and the final state saved as `last` (whatever the periodic schedule was; the path
+    that the run's `CheckpointOnSigterm` saves to on a stop).
+
+    Returns (status, seconds of `fit`): status None when training reached its end; 1 when Lightning was
+    interrupted (Ctrl-C); `EXIT_STOPPED` when a SIGTERM stopped it (Lightning ends `fit` with a
+    `SIGTERMException` at the end of the batch it was on, after `CheckpointOnSigterm` saved `last`).
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lapa.training.stop_signal import EXIT_STOPPED
+
+    start = time.perf_counter()
+    wall = 0.0
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        wall = time.perf_counter() - start
+        if trainer.interrupted:
+            print(f"lapa {command}: interrupted at step {trainer.global_step}; continue with resume=auto")
+            return 1, wall
+        if has_val is None:  # the validation loader Lightning ran, if any
+            has_val = bool(trainer.num_val_batches) and sum(trainer.num_val_batches) > 0
+        if has_val and task.last_val_step != trainer.global_step:
+            trainer.validate(task, datamodule=datamodule, verbose=False)  # final metrics of the final weights
+        if before_last_save is not None:
+            before_last_save()
+        trainer.save_checkpoint(last, weights_only=False)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            print(f"lapa {command}: stopped by SIGTERM at step {trainer.global_step}; saved {last}. "
+                  "Continue with the same command and resume=auto", flush=True)
+        return EXIT_STOPPED, wall
+    return None, wall

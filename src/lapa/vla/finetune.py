@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ import lightning as L
 import torch
 
 from lapa.config import ConfigError, to_dict, to_yaml
-from lapa.training.stop_signal import EXIT_STOPPED
 from lapa.vla.finetune_config import FinetuneConfig
 from lapa.vla.finetune_model import apply_lora, build_finetune_model, has_lora, merge_lora, swap_head
 from lapa.vla.finetune_task import ActionFinetuneTask, EpisodeActions
@@ -135,7 +133,6 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
     """
     from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
     from lightning.pytorch.utilities import rank_zero_only
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lapa.data.skips import skipped_samples
     from lapa.training.cluster import apply_precision
@@ -145,6 +142,7 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
         SeedPerBatch,
         checkpoint_callbacks,
         checkpoint_step,
+        fit_to_the_end,
     )
     from lapa.training.loggers import make_logger
     from lapa.training.run_dir import RunDir
@@ -175,8 +173,8 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
     ckpt_callbacks, best_cb = checkpoint_callbacks(run_dir.checkpoints, ck.every_n_steps, ck.keep,
                                                    ck.save_best and has_val, ck.monitor)
     start_step = [0]
-    on_sigterm = CheckpointOnSigterm(run_dir.last)
-    callbacks = [*ckpt_callbacks, on_sigterm, ConfigInCheckpoint(config_dict, config_yaml), SeedPerBatch(cfg.seed),
+    callbacks = [*ckpt_callbacks, CheckpointOnSigterm(run_dir.last), ConfigInCheckpoint(config_dict, config_yaml),
+                 SeedPerBatch(cfg.seed),
                  LearningRateMonitor(logging_interval="step"),
                  LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
     trainer = build_trainer(cfg, callbacks, make_logger(cfg.logger, out, cfg.experiment_name, cfg.wandb))
@@ -190,21 +188,10 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
         print(f"  {len(choice.ids)} demonstrations ({choice.steps} steps), action_chunk={cfg.action_chunk}, "
               f"{cfg.training.max_steps} steps; writing to {out.resolve()}")
         print(f"  resuming from {ckpt_path}" if ckpt_path else "  starting a fresh run")
-    start = time.perf_counter()
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        wall = time.perf_counter() - start
-        if trainer.interrupted:
-            print(f"lapa finetune: interrupted at step {trainer.global_step}; continue with resume=auto")
-            return 1
-        if has_val and task.last_val_step != trainer.global_step:
-            trainer.validate(task, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(run_dir.last, weights_only=False)
-    except SIGTERMException:
-        if trainer.is_global_zero:
-            print(f"lapa finetune: stopped by SIGTERM at step {trainer.global_step}; continue with resume=auto",
-                  flush=True)
-        return EXIT_STOPPED
+    status, wall = fit_to_the_end(trainer, task, datamodule, ckpt_path, command="finetune", last=run_dir.last,
+                                  has_val=has_val)
+    if status is not None:
+        return status
     steps = trainer.global_step - start_step[0]
     demos = {"episodes": len(choice.ids), "steps": choice.steps, "episodes_seed": cfg.data.episodes_seed,
              "max_episodes": cfg.data.max_episodes, "ids": sorted(choice.ids)[:1000]}

@@ -16,6 +16,7 @@ from lapa.data.loader import DataConfig
 from lapa.data.shards import require_shards
 from lapa.training.cluster import ClusterConfig
 from lapa.training.loggers import WandbConfig, check_logger
+from lapa.training.loop_checks import check_loop, check_run_options
 from lapa.training.schedule import SchedulerConfig
 from lapa.vla.model import VLAConfig
 from lapa.vla.optim import OptimizerConfig
@@ -74,14 +75,7 @@ class FinetuneTrainingConfig:
     checkpoint: FinetuneCheckpointConfig = field(default_factory=FinetuneCheckpointConfig)
 
     def __post_init__(self) -> None:
-        require(self.max_steps >= 1, "training.max_steps", self.max_steps, "must be >= 1")
-        require(self.accumulate_grad_batches >= 1, "training.accumulate_grad_batches", self.accumulate_grad_batches,
-                "must be >= 1")
-        require(self.gradient_clip_val >= 0, "training.gradient_clip_val", self.gradient_clip_val, "must be >= 0")
-        require(self.val_check_interval >= 1, "training.val_check_interval", self.val_check_interval, "must be >= 1")
-        require(self.limit_val_batches is None or self.limit_val_batches >= 1, "training.limit_val_batches",
-                self.limit_val_batches, "must be >= 1 or null")
-        require(self.log_every_n_steps >= 1, "training.log_every_n_steps", self.log_every_n_steps, "must be >= 1")
+        check_loop(self, min_val_check_interval=1)
 
 
 @dataclass
@@ -111,9 +105,7 @@ class FinetuneConfig:
         require(self.action_chunk >= 1, "action_chunk", self.action_chunk, "must be >= 1")
         require(2 <= self.num_bins <= 65536, "num_bins", self.num_bins, "must be in 2..65536")
         require(self.binning in BINNINGS, "binning", self.binning, f"must be one of {', '.join(BINNINGS)}")
-        require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
-        require(self.resume in (None, "auto") or Path(str(self.resume)).is_file(), "resume", self.resume,
-                "must be null, 'auto' or an existing checkpoint file")
+        check_run_options(self.output_dir, self.resume)
         require(not self.data.hflip, "data.hflip", self.data.hflip,
                 "must be false: a mirrored image contradicts the y, roll and yaw of its action")
         require(self.cluster.strategy in ("auto", "fsdp"), "cluster.strategy", self.cluster.strategy,

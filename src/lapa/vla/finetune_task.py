@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lapa.config import to_dict
+from lapa.data.episodes import step_actions
 from lapa.vla.finetune_config import ACTION_DIM, FinetuneTrainingConfig
 from lapa.vla.model import VLA
 from lapa.vla.parallelize import ParallelConfig
@@ -30,8 +31,6 @@ class EpisodeActions:
     step, padded with the episode's last action. Read from the `.json` and `.action.npy` members only."""
 
     def __init__(self, shards: str | Iterable[str], episodes: Iterable[str] | None = None) -> None:
-        from lapa.data.episodes import step_actions
-
         rows: dict[str, list[tuple[int, np.ndarray]]] = {}
         for episode, step, action in step_actions(shards, episodes):
             rows.setdefault(episode, []).append((step, action))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 
 from lapa.config import ConfigError, require
 from lapa.data.formats import ShardFormat
@@ -21,6 +20,7 @@ from lapa.data.shards import decode_npy, list_shards
 from lapa.data.tar_reader import read_shards
 from lapa.training.cluster import ClusterConfig
 from lapa.training.loggers import WandbConfig, check_logger
+from lapa.training.loop_checks import check_loop, check_run_options
 from lapa.training.schedule import SchedulerConfig
 from lapa.vla.distributed import INIT
 from lapa.vla.model import VLAConfig
@@ -61,16 +61,9 @@ class VLATrainingConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        require(self.max_steps >= 1, "training.max_steps", self.max_steps, "must be >= 1")
+        check_loop(self)
         require(self.global_batch_size is None or self.global_batch_size >= 1, "training.global_batch_size",
                 self.global_batch_size, "must be >= 1 or null")
-        require(self.accumulate_grad_batches >= 1, "training.accumulate_grad_batches", self.accumulate_grad_batches,
-                "must be >= 1")
-        require(self.gradient_clip_val >= 0, "training.gradient_clip_val", self.gradient_clip_val, "must be >= 0")
-        require(self.val_check_interval >= 0, "training.val_check_interval", self.val_check_interval, "must be >= 0")
-        require(self.limit_val_batches is None or self.limit_val_batches >= 1, "training.limit_val_batches",
-                self.limit_val_batches, "must be >= 1 or null")
-        require(self.log_every_n_steps >= 1, "training.log_every_n_steps", self.log_every_n_steps, "must be >= 1")
         require(self.init in INIT, "training.init", self.init, f"must be one of {', '.join(INIT)}")
 
     def accumulation(self, batch_size: int, world: int) -> int:
@@ -102,9 +95,8 @@ class TrainVLAConfig:
 
     def __post_init__(self) -> None:
         check_logger(self.logger)
-        require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
-        require(self.resume in (None, "auto") or Path(str(self.resume)).exists(), "resume", self.resume,
-                "must be null, 'auto' or an existing checkpoint (a .ckpt file or a DCP checkpoint directory)")
+        check_run_options(self.output_dir, self.resume, directories=True,
+                          checkpoint="an existing checkpoint (a .ckpt file or a DCP checkpoint directory)")
         require(self.model.stage == 2, "model.stage", self.model.stage,
                 "must be 2: train-vla predicts latent actions (Stage 3 robot actions are `lapa finetune`)")
         require(self.cluster.strategy in ("auto", "fsdp"), "cluster.strategy", self.cluster.strategy,
