@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= cpu,dev,sim
+EXTRAS ?= cpu,dev,sim,serve,export
 
 .PHONY: install demo test bench clean
 
@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/label_throughput.py
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/vla_throughput.py --threads 2
+	$(BIN)/python benchmarks/policy_latency.py --threads 2 --onnx
+	$(BIN)/python benchmarks/serve_load.py --make-tiny
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

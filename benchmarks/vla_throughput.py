@@ -26,12 +26,13 @@ after the other (a 7B VLA and a 7B LM do not fit together) and report peak memor
 holds 106 GB of fp32 training state plus ~2 GB of activations per sample: it fits an H200 (141 GB) at
 batch 8, not an 80-94 GB GPU (use vla_1b there, or several GPUs through `lapa train-vla`).
 
-What the CPU table shows (development machine, 2 threads): at the debug size the VLA runs at ~0.6-0.7x the
-bare LM; profiled (per-phase thread CPU time, 1 thread), the difference is work the bare LM does not do:
-the frozen towers' forward (~7 ms of a ~44 ms step: two towers as wide as the LM, 64-65 tokens each), the
-padding mask of variable-length prompts (~2.5 ms) and projector + head + their AdamW updates (~4 ms). At
-cpu_medium (LM 512 wide, towers unchanged) those shrink to a few percent and the VLA runs at 0.8-0.95x
-(busy machine: compare the CPU-time column); at the 7B size the towers are 2% of the FLOPs.
+What the CPU table shows (development machine): at the debug size the VLA runs at ~0.73x the bare LM;
+profiled (per-phase thread CPU time, 1 thread), the difference is work the bare LM does not do: the
+frozen towers' forward (~7 ms of a ~44 ms step: two towers as wide as the LM, 64-65 tokens each) and
+projector + head + their AdamW updates (~4 ms). (The padding mask, ~2.5 ms, is gone: the sequence is
+right-padded and needs none.) At cpu_medium (LM 512 wide, towers unchanged) those shrink to a few percent
+and the VLA runs at ~0.97x (busy machine: compare the CPU-time column); at the 7B size the towers are 2%
+of the FLOPs.
 """
 
 from __future__ import annotations

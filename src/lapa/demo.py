@@ -1,17 +1,24 @@
-"""`lapa demo` (what `make demo` runs): the whole Stage 1 story on built-in simulator data.
+"""`lapa demo` (what `make demo` runs): the whole story on built-in simulator data, videos to a policy.
 
-    lapa sim generate -> lapa ingest (train, val; with the ground-truth sidecar) -> lapa train-laq
-    (experiment=laq_debug) -> lapa label -> lapa eval-laq (val) -> report
+    Stage 1:  lapa sim generate (action-free videos) -> lapa ingest (train, val; with the ground-truth
+              sidecar) -> lapa train-laq (experiment=laq_debug) -> lapa label (train and val pairs)
+              -> lapa eval-laq (val) -> report
+    Stage 2:  lapa train-vla (experiment=vla_debug) on the latent labels, validated on the val pairs' labels
+    Stage 3:  lapa sim generate (demonstrations, another seed: scenes the videos never showed) -> lapa
+              finetune on `demos` of them, from the Stage 2 export (LAPA) and from scratch (the baseline)
+    Closed loop: lapa sim eval of both finetuned policies (evaluation seeds, disjoint from both)
 
 Each stage is the command's own `run(cfg)`, called in-process with its config composed exactly as the
 command line would (`lapa.config.load`), so the demo exercises the real entry points. Re-running the
 demo resumes: the simulator skips finished episodes, ingest skips finished shards (a finished job
-returns at once), training is skipped when `laq_final.pt` exists (else it resumes from `last.ckpt`),
-labelling skips finished shards; the evaluation is always redone (it is the report).
+returns at once), a training whose final model exists is skipped (else it resumes from its last
+checkpoint), labelling skips finished shards, a finished closed-loop evaluation is kept; the Stage 1
+evaluation is always redone (it is the report). `policy_stages=false` stops after Stage 1.
 
 Layout under `output_dir`: sim/ (videos, sidecar), pairs/{train,val}/, laq/ (checkpoints, laq_final.pt),
-latent/train/, report/ (report.md, metrics.json, pictures, demo_summary.json). The last line printed is
-the report's directory.
+latent/{train,val}/, vla/ (Stage 2 run and export/), robot/ (demonstrations), finetune_lapa/ and
+finetune_scratch/ (Stage 3 runs and export/), eval_lapa/ and eval_scratch/ (closed-loop reports), report/
+(report.md, metrics.json, pictures, demo_summary.json). The last line printed is the report's directory.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from lapa.io import write_json_atomic, write_text_atomic
 
 @dataclass
 class DemoConfig:
-    """Settings of `lapa demo` (conf/demo.yaml); the defaults fit in 15 minutes on 2 CPU cores."""
+    """Settings of `lapa demo` (conf/demo.yaml); the defaults fit in 30 minutes on 2 CPU cores."""
 
     output_dir: str = "runs/demo"  # everything the demo writes
     episodes: int = 60  # simulator episodes (train + val)
@@ -48,6 +55,17 @@ class DemoConfig:
     train_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa train-laq
     label_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa label
     eval_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa eval-laq
+    # Stages 2 and 3 and the closed loop (false: stop after Stage 1)
+    policy_stages: bool = True
+    vla_steps: int = 1000  # lapa train-vla steps (the vla_debug preset's)
+    demo_episodes: int = 40  # demonstration episodes simulated (seed + 1), 25% held out for validation
+    demos: int = 20  # demonstrations Stage 3 trains on (the few-demo regime)
+    finetune_steps: int = 400  # lapa finetune steps, each arm
+    scratch_baseline: bool = True  # also finetune from scratch (the same model without Stage 2)
+    eval_episodes: int = 5  # closed-loop episodes per task family, each arm
+    vla_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa train-vla
+    finetune_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa finetune (both arms)
+    sim_eval_overrides: list[str] = field(default_factory=list)  # extra overrides of lapa sim eval
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", self.output_dir, "must be a directory path")
@@ -61,6 +79,12 @@ class DemoConfig:
         require(self.workers >= 0, "workers", self.workers, "must be >= 0")
         require(self.label_batch_size >= 1, "label_batch_size", self.label_batch_size, "must be >= 1")
         require(self.eval_max_pairs >= 0, "eval_max_pairs", self.eval_max_pairs, "must be >= 0 (0: all)")
+        require(self.vla_steps >= 1, "vla_steps", self.vla_steps, "must be >= 1")
+        require(self.demo_episodes >= 4, "demo_episodes", self.demo_episodes, "must be >= 4 (train and val)")
+        require(1 <= self.demos < self.demo_episodes, "demos", self.demos,
+                f"must be in 1..{self.demo_episodes - 1} (demo_episodes, some held out)")
+        require(self.finetune_steps >= 1, "finetune_steps", self.finetune_steps, "must be >= 1")
+        require(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be >= 1")
 
 
 def _stage(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
@@ -129,6 +153,121 @@ def stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
     ]
 
 
+def policy_stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
+    """Stages 2 and 3 and the closed loop, after Stage 1 (same form as `stages`)."""
+    from lapa.eval.closed_loop import SimEvalConfig
+    from lapa.eval.closed_loop import run as sim_eval
+    from lapa.laq.label import LabelConfig
+    from lapa.laq.label import run as label
+    from lapa.sim.generate import GenerateConfig
+    from lapa.sim.generate import run as generate
+    from lapa.vla.finetune import run as finetune
+    from lapa.vla.finetune_config import FinetuneConfig
+    from lapa.vla.pretrain import run as train_vla
+    from lapa.vla.pretrain_config import TrainVLAConfig
+
+    root = Path(cfg.output_dir)
+    robot = root / "robot" / "demos"
+
+    def done(export: Path, what: str) -> bool:
+        if (export / "info.json").is_file():
+            print(f"demo: {export} exists; skipping {what} (delete it to retrain)")
+            return True
+        return False
+
+    def stage2() -> Any:
+        if done(root / "vla" / "export", "Stage 2"):
+            return 0
+        return train_vla(load("train_vla", TrainVLAConfig, [
+            "experiment=vla_debug", f"data.train_shards={root / 'latent' / 'train'}",
+            f"data.val_shards={root / 'latent' / 'val'}", f"data.image_size={cfg.image_size}",
+            f"output_dir={root / 'vla'}", f"training.max_steps={cfg.vla_steps}", "training.limit_val_batches=null",
+            f"seed={cfg.seed}", "resume=auto", *cfg.vla_overrides]))
+
+    def stage3(arm: str) -> Any:
+        out = root / f"finetune_{arm}"
+        if done(out / "export", f"Stage 3 ({arm})"):
+            return 0
+        init = root / "vla" / "export" if arm == "lapa" else "scratch"
+        return finetune(load("finetune", FinetuneConfig, [
+            "experiment=finetune_debug", f"init={init}", f"data.max_episodes={cfg.demos}",
+            f"data.train_shards={robot / 'train'}", f"data.val_shards={robot / 'val'}",
+            f"data.image_size={cfg.image_size}", f"output_dir={out}", f"training.max_steps={cfg.finetune_steps}",
+            f"seed={cfg.seed}", "resume=auto", *cfg.finetune_overrides]))
+
+    def closed_loop(arm: str) -> Any:
+        out = root / f"eval_{arm}"
+        if (out / "metrics.json").is_file():
+            print(f"demo: {out / 'metrics.json'} exists; keeping that evaluation (delete it to redo)")
+            return 0
+        return sim_eval(load("sim_eval", SimEvalConfig, [
+            f"policy={root / f'finetune_{arm}' / 'export'}", f"output={out}", f"episodes={cfg.eval_episodes}",
+            f"sim.image_size={cfg.image_size}", f"workers={cfg.workers}", "videos_per_task=1",
+            *cfg.sim_eval_overrides]))
+
+    arms = ["lapa", "scratch"] if cfg.scratch_baseline else ["lapa"]
+    return [
+        ("label val", lambda: label(load("label", LabelConfig, [
+            f"checkpoint={root / 'laq' / 'laq_final.pt'}", f"shards={root / 'pairs' / 'val'}",
+            f"output_dir={root / 'latent' / 'val'}", f"batch_size={cfg.label_batch_size}", "num_workers=0",
+            "device=cpu", "rank=0", "world_size=1", *cfg.label_overrides]))),
+        ("train-vla", stage2),
+        # seed + 1: world seeds (seed + 1) * 100003 + i, never the videos' seed * 100003 + i
+        ("sim demos", lambda: generate(load("sim_generate", GenerateConfig, [
+            f"output={root / 'robot'}", f"episodes={cfg.demo_episodes}", "val_fraction=0.25",
+            f"seed={cfg.seed + 1}", f"workers={cfg.workers}", f"sim.image_size={cfg.image_size}",
+            *cfg.sim_overrides]))),
+        *[(f"finetune {arm}", lambda arm=arm: stage3(arm)) for arm in arms],
+        *[(f"sim eval {arm}", lambda arm=arm: closed_loop(arm)) for arm in arms],
+    ]
+
+
+def policy_results(cfg: DemoConfig) -> dict[str, Any]:
+    """The figures of Stages 2 and 3 and the closed loop, read from the runs' summaries."""
+    root = Path(cfg.output_dir)
+    vla = json.loads((root / "vla" / "summary.json").read_text())
+    arms = {}
+    for arm in ["lapa", "scratch"] if cfg.scratch_baseline else ["lapa"]:
+        ft = json.loads((root / f"finetune_{arm}" / "summary.json").read_text())["final_val"]
+        ev = json.loads((root / f"eval_{arm}" / "metrics.json").read_text())
+        arms[arm] = {"nmse": ft["nmse"], "nmse_mean_action": ft["nmse_mean_action"], "acc": ft["acc"],
+                     "success": ev["overall"], "families": ev["families"]}
+    return {"stage2": {"steps": vla["steps"], "model": vla["final_val"], "floor": vla["final_val_floor"]},
+            "demos": cfg.demos, "eval_episodes_per_task": cfg.eval_episodes, "arms": arms}
+
+
+def _policy_section(results: dict[str, Any], root: Path) -> str:
+    """Report text for Stages 2 and 3 and the closed loop."""
+    s2 = results["stage2"]
+    lines = ["", "## Stage 2: latent actions from one image and the instruction", "",
+             f"`lapa train-vla experiment=vla_debug`, {s2['steps']} steps, on the latent labels above; "
+             f"{s2['model']['samples']} held-out pairs (the val episodes), against the floor (always the most "
+             "frequent training label of each position).", "", "| | val loss | top-1 | top-3 | exact match |",
+             "|---|---|---|---|---|"]
+    for name in ("model", "floor"):
+        m = s2[name]
+        lines.append(f"| {name} | {m['loss']:.3f} | {m['acc_top1']:.3f} | {m['acc_top3']:.3f} | "
+                     f"{m['exact_match']:.3f} |")
+    lines += ["", f"## Stage 3 and the closed loop: {results['demos']} demonstrations", "",
+              "Finetuned on the same demonstrations (a separate simulator run: scenes the videos never showed), "
+              "with the same steps; `lapa` starts from the Stage 2 export, `scratch` from random init. "
+              "Offline: the held-out demonstrations' steps (normalised MSE; spec target < 0.05). Closed loop: "
+              f"`lapa sim eval`, {results['eval_episodes_per_task']} episodes per task family (Wilson 95% "
+              "intervals).", "",
+              "| arm | normalised MSE (mean action) | bin accuracy | closed-loop success | 95% interval | report |",
+              "|---|---|---|---|---|---|"]
+    for arm, r in results["arms"].items():
+        ev = r["success"]
+        lo, hi = ev["ci95"]
+        lines.append(f"| {arm} | {r['nmse']:.4f} ({r['nmse_mean_action']:.4f}) | {r['acc']:.3f} | "
+                     f"{ev['successes']}/{ev['episodes']} | [{100 * lo:.1f}%, {100 * hi:.1f}%] | "
+                     f"[eval_{arm}/report.md](../eval_{arm}/report.md) |")
+    gifs = sorted((root / "eval_lapa" / "videos").glob("*.gif"))
+    if gifs:
+        lines += ["", "A rollout of the LAPA policy:", "", f"![rollout](../eval_lapa/videos/{gifs[0].name})"]
+    return "\n".join(lines) + "\n"
+
+
 def _demo_section(timings: dict[str, float], metrics: dict[str, Any], cfg: DemoConfig) -> str:
     rows = "\n".join(f"| {name} | {sec:.1f} |" for name, sec in timings.items())
     return (f"\n## Demo pipeline\n\n{cfg.episodes} simulator episodes ({cfg.val_fraction:.0%} held out), "
@@ -138,7 +277,7 @@ def _demo_section(timings: dict[str, float], metrics: dict[str, Any], cfg: DemoC
 
 
 def run(cfg: DemoConfig) -> int:
-    """Run the Stage 1 pipeline on simulator data and print the report's directory on the last line.
+    """Run the pipeline on simulator data and print the report's directory on the last line.
 
     Example: `lapa demo output_dir=runs/demo episodes=60 train_steps=800` (re-running resumes).
     """
@@ -146,13 +285,15 @@ def run(cfg: DemoConfig) -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(f"lapa demo: writing to {root.resolve()}", flush=True)
     timings: dict[str, float] = {}
-    for name, thunk in stages(cfg):
+    for name, thunk in stages(cfg) + (policy_stages(cfg) if cfg.policy_stages else []):
         _stage(name, timings, thunk)
 
     report_dir = root / "report"
     metrics = json.loads((report_dir / "metrics.json").read_text())
     report = report_dir / "report.md"
-    write_text_atomic(report, report.read_text() + _demo_section(timings, metrics, cfg))
+    policy = policy_results(cfg) if cfg.policy_stages else None
+    extra = _policy_section(policy, root) if policy else ""
+    write_text_atomic(report, report.read_text() + extra + _demo_section(timings, metrics, cfg))
     write_json_atomic(report_dir / "demo_summary.json", {
         "timings_s": timings, "total_s": round(sum(timings.values()), 1),
         "reconstruction": metrics["reconstruction"], "controllability": metrics["controllability"],
@@ -160,7 +301,7 @@ def run(cfg: DemoConfig) -> int:
         "action": {k: v for k, v in (metrics["action"] or {}).items()
                    if k in ("nmi", "nmi_shuffled", "nmi_adjusted", "probe_accuracy", "probe_accuracy_shuffled",
                             "probe_majority_baseline", "ridge_r2", "ridge_r2_shuffled")},
-        "verdict": metrics["verdict"]})
+        "verdict": metrics["verdict"], "policy": policy})
     print(f"\nlapa demo: stage seconds {timings}, total {sum(timings.values()):.1f} s")
     print(f"lapa demo: report {report}")
     print(report_dir.resolve())

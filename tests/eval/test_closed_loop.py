@@ -26,7 +26,7 @@ def _args(out, *extra: str) -> list[str]:
 def test_eval_random_policy(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(_args(out, "policy=random")) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "metrics.json").read_text())
     assert set(res["families"]) == {"pick", "push"} and res["overall"]["episodes"] == 4
     assert res["overall"]["successes"] == 0  # 8 random steps never pick or push
     assert res["overall"]["ci95"] == pytest.approx(list(wilson_interval(0, 4)))
@@ -41,7 +41,7 @@ def test_unknown_policy_lists_the_registered_names(tmp_path, capsys):
     assert main(_args(tmp_path / "eval", "policy=/no/such/policy")) == 2
     out = capsys.readouterr().out
     assert "/no/such/policy" in out and "oracle, random" in out
-    assert not (tmp_path / "eval" / "results.json").exists()
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 class _Still:
@@ -66,7 +66,7 @@ def test_an_export_directory_is_evaluated_through_its_kinds_loader(tmp_path, mon
     export.mkdir()
     (export / "info.json").write_text(json.dumps({"kind": "test-still", "steps": 0}))
     assert main(_args(tmp_path / "eval", f"policy={export}")) == 0
-    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    res = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert res["policy"] == str(export) and res["overall"]["episodes"] == 4
     # The fail-fast check builds one, the (in-process) worker another, which runs every episode.
     assert len(built) == 2 and built[-1].directory == str(export) and built[-1].resets == 4

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from robot_shards import make_robot_shards
 
 from lapa.config import ConfigError, load
 from lapa.data.loader import DataConfig, eval_loader
@@ -27,6 +26,7 @@ from lapa.vla.finetune import (
     run,
 )
 from lapa.vla.finetune_config import FinetuneConfig, LoRAConfig
+from robot_shards import make_robot_shards
 
 FAST = ["experiment=finetune_debug", "data.batch_size=8", "data.shuffle_buffer=16", "training.log_every_n_steps=1",
         "training.scheduler.warmup_steps=3", "training.optimizer.lr=3e-3", "training.checkpoint.every_n_steps=0"]

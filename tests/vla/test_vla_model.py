@@ -24,14 +24,17 @@ def test_shapes_through_every_component(model):
     feats = model.vision(x)
     assert feats.shape == (2, 16, 32 + 24)  # [B, N, siglip 32 + dinov2 24]
     assert model.projector(feats).shape == (2, 16, 32)  # [B, N, d]
-    emb, mask, pos = model.embed(x, **enc)
-    assert emb.shape == (2, 1 + 16 + L + 4, 32) and mask.shape == pos.shape == (2, 1 + 16 + L + 4)
+    emb, lengths = model.embed(x, **enc)
+    assert emb.shape == (2, 1 + 16 + L + 4, 32) and lengths.shape == (2,)
     assert model.sequence_length(L) == emb.shape[1] and model.num_vision_tokens == 16
-    # left-padded: real tokens at the end of every row, positions count from each row's BOS
+    # right-padded: each row's real tokens first ([BOS] [IMG] [prompt] [ACT]), its pads behind them
     n = enc["attention_mask"].sum(1) + 1 + 16 + 4
+    assert lengths.tolist() == n.tolist() and len(set(n.tolist())) == 2  # the two prompts differ in length
+    table = model.lm.get_input_embeddings().weight
     for row in range(2):
-        assert mask[row, -n[row]:].all() and not mask[row, :-n[row]].any()
-        assert pos[row, -n[row]:].tolist() == list(range(n[row]))
+        real_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        assert torch.equal(emb[row, 1 + 16:n[row] - 4], table[real_ids])
+        assert torch.equal(emb[row, n[row] - 4:n[row]], model.act_queries)
     logits = model(x, **enc)
     assert logits.shape == (2, 4, 8) and logits.dtype == torch.float32
     loss = model.loss(logits, torch.randint(0, 8, (2, 4)))
@@ -124,7 +127,7 @@ def test_any_decoder_only_lm_and_no_bos():
     m = VLA(tiny_config(lm={"name_or_path": None, "hf_config": qwen}), tokenizer=tok).eval()
     assert type(m.lm).__name__ == "Qwen2Model" and m.bos_token_id is None
     enc = m.tokenize(INSTRUCTIONS[:2])
-    emb, _, _ = m.embed(images(2), **enc)
+    emb, _ = m.embed(images(2), **enc)
     assert emb.shape[1] == 16 + enc["input_ids"].shape[1] + 4
     with torch.no_grad():
         batch = m(images(2), **enc)

@@ -63,3 +63,20 @@ def test_two_ranks_train_checkpoint_and_resume_exactly(tmp_path: Path) -> None:
     a, b = _weights(whole / "export"), _weights(split / "export")
     assert a.keys() == b.keys()
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+
+
+def test_gradient_sync_on_every_micro_batch_gives_the_same_steps(tmp_path: Path) -> None:
+    """Accumulating 2 micro-batches per step on 2 ranks: reduce-scattering the gradients on every micro-batch
+    (training.parallel.sync_every_microbatch=true, the memory-lean choice) or only on the last gives the
+    same sums, so the same weights."""
+    make_latent_shards(tmp_path / "train", 2, 16, seed=1)
+    data = [f"data.train_shards={tmp_path / 'train'}", "data.val_shards=null", "training.max_steps=3",
+            "training.accumulate_grad_batches=2", "training.val_check_interval=0",
+            "training.checkpoint.every_n_steps=0"]
+    _lapa(*data, f"output_dir={tmp_path / 'last'}")
+    _lapa(*data, f"output_dir={tmp_path / 'every'}", "training.parallel.sync_every_microbatch=true")
+    a, b = _weights(tmp_path / "last" / "export"), _weights(tmp_path / "every" / "export")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+    for run_dir in ("last", "every"):
+        summary = json.loads((tmp_path / run_dir / "summary.json").read_text())
+        assert summary["steps"] == 3 and summary["accumulate_grad_batches"] == 2 and summary["world_size"] == 2

@@ -9,6 +9,7 @@ handed out is not yet the batch trained on).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -17,15 +18,19 @@ from lapa.data.float_batches import FloatBatches
 from lapa.data.formats import ShardFormat
 from lapa.data.frame_pairs import FRAME_PAIRS
 from lapa.data.loader import DataConfig, TrainLoader, eval_loader, train_loader
+from lapa.data.lockstep import LockstepBatches
 
 
 class LAPADataModule(L.LightningDataModule):
     """Train/val loaders of one shard format (`frame_pairs.FRAME_PAIRS`, `latent_labelled.LATENT_LABELLED`,
     `robot_steps.ROBOT_STEPS`) over WebDataset shards."""
 
-    def __init__(self, cfg: DataConfig, fmt: ShardFormat = FRAME_PAIRS) -> None:
+    def __init__(self, cfg: DataConfig, fmt: ShardFormat = FRAME_PAIRS,
+                 dummy_batch: Callable[[], dict] | None = None) -> None:
+        """`dummy_batch`: for a sharded model (FSDP2), a batch to run on ranks out of validation batches,
+        so every rank runs as many forward passes (`data.lockstep`); None: each rank runs its own count."""
         super().__init__()
-        self.cfg, self.fmt = cfg, fmt
+        self.cfg, self.fmt, self.dummy_batch = cfg, fmt, dummy_batch
         self._state: dict | None = None  # from a checkpoint (`load_state_dict`), for the next train loader
         self._train_loader: TrainLoader | None = None
 
@@ -64,8 +69,11 @@ class LAPADataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._state = dict(state) or None
 
-    def val_dataloader(self) -> FloatBatches | list:
+    def val_dataloader(self) -> FloatBatches | LockstepBatches | list:
         if not self.cfg.val_shards:
             return []
         rank, world = self._world()
-        return eval_loader(self.cfg, self.fmt, rank=rank, world=world)
+        loader = eval_loader(self.cfg, self.fmt, rank=rank, world=world)
+        if self.dummy_batch is not None and world is not None and world > 1:
+            return LockstepBatches(loader, self.dummy_batch, world)
+        return loader

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -70,6 +71,19 @@ class GenerateConfig:
         require(self.shard_max_count >= 1, "shard_max_count", self.shard_max_count, "must be >= 1")
 
 
+def episode_seed(seed: int, index: int) -> int:
+    """The world seed of episode `index` of a run with `seed` (runs with seeds < 10 never reach the
+    evaluation seeds, 1,000,000 and up, below 100,000 episodes)."""
+    return seed * 100003 + index
+
+
+def seed_of_episode_id(episode_id: str) -> int | None:
+    """The world seed of an episode id this command writes (`ep{index:06d}-s{seed}-{family}`); None for
+    ids in any other form (e.g. imported datasets)."""
+    match = re.match(r"^ep(\d+)-s(\d+)-", episode_id)
+    return episode_seed(int(match.group(2)), int(match.group(1))) if match else None
+
+
 def episode_plan(cfg: GenerateConfig) -> list[dict]:
     """Per episode: index, id, family, seed, split (a pure function of the config)."""
     plan = []
@@ -77,7 +91,7 @@ def episode_plan(cfg: GenerateConfig) -> list[dict]:
         family = cfg.tasks[i % len(cfg.tasks)]
         split = "val" if np.random.default_rng([cfg.seed, i, 1]).random() < cfg.val_fraction else "train"
         plan.append({"index": i, "episode_id": f"ep{i:06d}-s{cfg.seed}-{family}", "family": family,
-                     "seed": cfg.seed * 100003 + i, "split": split})
+                     "seed": episode_seed(cfg.seed, i), "split": split})
     if cfg.val_fraction > 0 and cfg.episodes >= 2 and all(p["split"] == "train" for p in plan):
         plan[-1]["split"] = "val"  # a requested validation split is never empty
     return plan

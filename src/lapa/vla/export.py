@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from typing import Any
 import torch
 
 from lapa.config import to_dict, to_schema
+from lapa.io import atomic_dir
 
 KIND = "lapa-vla"
 FORMAT_VERSION = 1
@@ -47,16 +45,6 @@ def _no_init():
     return no_init_weights()
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 class ExportMixin:
     config_class: type
 
@@ -70,11 +58,7 @@ class ExportMixin:
         if clash:
             raise ValueError(f"info keys {clash} are reserved for the export format")
         final = Path(directory).resolve()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # not "*.tmp": lapa.io.remove_stale_temporaries removes those as files
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; exports live on shared storage
+        with atomic_dir(final) as tmp:
             dtypes = {str(p.dtype).removeprefix("torch.") for p in self.parameters()}  # type: ignore[attr-defined]
             weights_dtype = dtypes.pop() if len(dtypes) == 1 else "mixed"
             (tmp / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")  # type: ignore[attr-defined]
@@ -85,10 +69,6 @@ class ExportMixin:
                       "weights_dtype": weights_dtype,
                       "parameters": self.parameter_counts()}  # type: ignore[attr-defined]
             (tmp / "info.json").write_text(json.dumps({**header, **info}, indent=2) + "\n")
-            _swap_into_place(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     @classmethod
@@ -129,7 +109,3 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

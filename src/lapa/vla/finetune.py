@@ -49,11 +49,19 @@ RUN_OUTPUTS = ("action_stats.json", "export", "logs", "pictures")
 
 # ---------------------------------------------------------------------------------------------- the data
 def finetune_datamodule(cfg: FinetuneConfig) -> Any:
-    """`LAPADataModule` of robot-step shards (the loader keeps the stream position in every checkpoint)."""
+    """`LAPADataModule` of robot-step shards (the loader keeps the stream position in every checkpoint).
+    Sharded runs validate in lockstep: a rank out of validation batches runs a dummy one (`data.lockstep`)."""
     from lapa.data.datamodule import LAPADataModule
     from lapa.data.robot_steps import ROBOT_STEPS
 
-    return LAPADataModule(cfg.data, fmt=ROBOT_STEPS)
+    return LAPADataModule(cfg.data, fmt=ROBOT_STEPS, dummy_batch=dummy_step_batch if sharded(cfg) else None)
+
+
+def dummy_step_batch() -> dict:
+    """A one-sample robot-step batch for lockstep validation (its results are dropped; the backbones
+    resize any image, so its size does not matter)."""
+    return {"image": torch.zeros(1, 3, 32, 32), "text": [""], "actions": torch.zeros(1, 7),
+            "episode_id": [""], "step": torch.zeros(1, dtype=torch.int64)}
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -198,7 +206,8 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
     info = {"training": {"command": "lapa finetune", "experiment_name": cfg.experiment_name, **ready["source"],
                          "steps": trainer.global_step, "action_chunk": cfg.action_chunk,
                          "lora": to_dict(cfg.lora) if cfg.lora.enabled else None, "demos": demos,
-                         "data": {"train_shards": str(cfg.data.train_shards), "val_shards": cfg.data.val_shards},
+                         "data": {"train_shards": str(cfg.data.train_shards), "val_shards": cfg.data.val_shards,
+                                  "image_size": cfg.data.image_size},  # the policy resizes frames to it
                          "final_val": task.last_val, "seed": cfg.seed}}
     if has_lora(task.model):
         merge_lora(task.model)

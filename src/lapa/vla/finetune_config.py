@@ -76,6 +76,8 @@ class FinetuneTrainingConfig:
 
     def __post_init__(self) -> None:
         check_loop(self, min_val_check_interval=1)
+        require(not self.parallel.sync_every_microbatch, "training.parallel.sync_every_microbatch", True,
+                "is a lapa train-vla setting; in lapa finetune Lightning synchronises on the last micro-batch")
 
 
 @dataclass

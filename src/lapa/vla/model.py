@@ -1,14 +1,16 @@
 """The VLA of Stages 2 and 3 (DESIGN.md section 8, spec 2.2.1): frozen vision backbones -> projector ->
 decoder-only LM -> head, with k learned ACT query tokens read out in ONE forward pass.
 
-Sequence per sample (left-padded to the batch's longest prompt):
+Sequence per sample (right-padded to the batch's longest prompt):
 
-    [PAD ...] [BOS] [IMG x N] [prompt tokens] [ACT x k]        N = patches (256 at 224 px / 14)
+    [BOS] [IMG x N] [prompt tokens] [ACT x k] [PAD ...]        N = patches (256 at 224 px / 14)
 
-The LM (no LM head) reads it through `inputs_embeds`; the hidden states of the last k positions go
-through the head: Stage 2 -> logits [B, 4, 8] over the LAQ codebook. Padding changes no sample's output:
-padded positions are masked out and `position_ids` count real tokens only, so a sample in a batch sees
-exactly the positions it has alone (tests/vla/test_model.py checks it).
+The LM (no LM head) reads it through `inputs_embeds`; the hidden states of each sample's k ACT positions
+go through the head: Stage 2 -> logits [B, 4, 8] over the LAQ codebook. Padding changes no sample's
+output, and needs no attention mask: the LM is causal and every pad comes after every real token, so no
+real token can see a pad, and a sample's real tokens sit at positions 0..n-1 as they would alone
+(tests/vla/test_vla_model.py checks it). Without a mask the LM takes its plain causal attention path (SDPA's
+`is_causal` kernel), which builds no [B, 1, T, T] mask: cheaper than masking pads on the left.
 
 This file knows nothing of distribution (torchtitan style): sharding, mixed precision, activation
 checkpointing and compile are applied from outside by `parallelize.py`.
@@ -127,12 +129,12 @@ class VLA(ExportMixin, nn.Module):
 
     # ---------------------------------------------------------------------------------- forward
     def embed(self, images: torch.Tensor, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The LM's input: embeddings [B, T, d], mask [B, T] (1 = real) and position ids [B, T] of the
-        left-padded sequence [PAD...] [BOS] [IMG x N] [prompt] [ACT x k]."""
+              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM's input: embeddings [B, T, d] of the right-padded sequence [BOS] [IMG x N] [prompt]
+        [ACT x k] [PAD...] and each sample's count of real tokens n [B] (its ACT tokens are at n-k..n-1)."""
         B = input_ids.shape[0]
         embed_tokens = self.lm.get_input_embeddings()
-        txt = embed_tokens(input_ids)  # [B, L, d]; pad positions are dropped below
+        txt = embed_tokens(input_ids)  # [B, L, d]; pad positions are moved behind the ACT tokens below
         dtype = txt.dtype  # the LM's compute dtype (also under a mixed-precision sharding policy)
         img = self.projector(self.vision(images).to(self.projector.net[0].weight.dtype))  # [B, N, d]
         act = self.act_queries.to(dtype).unsqueeze(0).expand(B, -1, -1)  # [B, k, d]
@@ -144,19 +146,26 @@ class VLA(ExportMixin, nn.Module):
             masks.insert(0, ones(B, 1))
         x = torch.cat(parts, dim=1)  # [B, T, d], T = 1 + N + L + k
         mask = torch.cat(masks, dim=1).long()  # [B, T]
-        # Left-align: a stable sort on the mask moves every pad (0) in front of the real tokens (1) and
-        # keeps their order, whatever side the tokenizer padded. The ACT tokens end every row.
-        mask, order = torch.sort(mask, dim=1, stable=True)  # [B, T]
+        # Right-align the pads: every real token in front of every pad, each group in its order, whatever
+        # side the tokenizer padded. The keys are unique, so a plain argsort gives that order (a stable
+        # sort would too, but has no ONNX export).
+        T = mask.shape[1]
+        key = (1 - mask) * T + torch.arange(T, device=mask.device)  # [B, T]
+        order = key.argsort(dim=1)  # [B, T]
         x = torch.gather(x, 1, order.unsqueeze(-1).expand_as(x))  # [B, T, d]
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]: 0 at each sample's first real token
-        return x, mask, positions
+        return x, mask.sum(1)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """images uint8 [B, H, W, 3] / [B, 3, H, W] or float [B, 3, H, W] in [0, 1]; input_ids and
         attention_mask [B, L] (see `tokenize`) -> logits [B, k * outputs_per_query, num_classes]."""
-        x, mask, positions = self.embed(images, input_ids, attention_mask)
-        out = self.lm(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False)
-        act = out.last_hidden_state[:, -self.config.head.num_queries:]  # [B, k, d]
+        x, lengths = self.embed(images, input_ids, attention_mask)
+        # No attention mask: causal attention alone keeps pads (all behind the real tokens) out of sight.
+        # No position ids either: the LM's default 0..T-1 are right, real tokens being at 0..n-1 (given
+        # position ids, HF looks for packed sequences and builds a mask instead of using is_causal).
+        out = self.lm(inputs_embeds=x, use_cache=False)
+        k = self.config.head.num_queries
+        index = lengths.unsqueeze(1) - k + torch.arange(k, device=x.device)  # [B, k]: each sample's ACT slots
+        act = torch.gather(out.last_hidden_state, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [B, k, d]
         return self.head(act)  # Stage 2: [B, 4, 8]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ A checkpoint is a directory (PyTorch Distributed Checkpoint, each rank writes it
 is sharded over several devices, else one `.ckpt` file; `last` and `best` are symbolic links.
 
 One optimiser step = `accumulate` micro-batches of `data.batch_size` per device (gradients synchronised
-only on the last one: `fabric.no_backward_sync`), then gradient clipping, AdamW and the lr schedule.
+only on the last one, `fabric.no_backward_sync`, unless `training.parallel.sync_every_microbatch`), then
+gradient clipping, AdamW and the lr schedule.
 Before each step torch is seeded by `mix_seed(seed, step, rank)`: any randomness in the model depends only
 on where the run is. Resume (`resume=auto`) restores the weights, the optimiser, the schedule, the step,
 the data stream's position (the next batch is the one the uninterrupted run would have taken), the
@@ -209,7 +210,8 @@ class FoundationTrainer:
         for micro in range(self.accumulate):
             images, input_ids, mask, labels = self._inputs(next(batches))
             self.counts.update(labels)
-            with fabric.no_backward_sync(self.model, enabled=micro < self.accumulate - 1):
+            skip_sync = micro < self.accumulate - 1 and not self.cfg.training.parallel.sync_every_microbatch
+            with fabric.no_backward_sync(self.model, enabled=skip_sync):
                 loss = self.raw.loss(self.model(images, input_ids, mask), labels)
                 fabric.backward(loss / self.accumulate)
             total += loss.detach()

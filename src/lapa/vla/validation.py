@@ -16,17 +16,19 @@ training labels' per-position frequencies (add-one smoothed). The frequencies ar
 
 Under several ranks every rank reads its own validation shards (`rank::world`), and the sums are
 reduced over ranks. The model is sharded (FSDP2), so every rank must run the same number of forward
-passes: ranks that have run out of batches run a dummy one whose result is dropped (`validate`).
+passes: ranks that have run out of batches run a dummy one whose result is dropped
+(`data.lockstep`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from lapa.data.lockstep import lockstep
 from lapa.training.fabric import all_reduce_
 
 TOPK = 3
@@ -117,25 +119,6 @@ class LatentMetrics:
             return out
 
         return {"model": {**block(1), "samples": int(n)}, "floor": block(3 + 2 * M)}
-
-
-def lockstep(batches: Iterable[dict], dummy: Callable[[], dict], limit: int | None,
-             world: int) -> Iterator[tuple[dict, bool]]:
-    """(batch, is_real) pairs: every rank yields the same number of them (the largest number of real
-    batches any rank has, capped at `limit`), ranks out of batches yield `dummy()` with is_real False.
-    One all-reduce per batch when `world` > 1."""
-    it = iter(batches)
-    n = 0
-    while limit is None or n < limit:
-        batch = next(it, None)
-        if world > 1:
-            more = all_reduce_(torch.tensor([int(batch is not None)]), op="max")
-            if not int(more):
-                return
-        elif batch is None:
-            return
-        n += 1
-        yield (batch, True) if batch is not None else (dummy(), False)
 
 
 @torch.no_grad()
