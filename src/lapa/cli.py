@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
                         "lapa.eval.closed_loop:run", "sim_eval", "lapa.eval.closed_loop:SimEvalConfig"),
     "serve": Command("serve a policy over HTTP: POST /act (image + instruction -> action), GET /health, /info",
                      "lapa.serve.server:run", "serve", "lapa.serve.serve_config:ServeConfig"),
+    "experiment": Command("the LAPA effect: scratch vs LAPA vs true-action pretraining, success vs N demos",
+                          "lapa.experiment.runner:run", "lapa_experiment", "lapa.experiment.config:ExperimentConfig"),
     "demo": Command("the whole pipeline on built-in simulator data (what `make demo` runs)",
                     "lapa.demo:run", "demo", "lapa.demo:DemoConfig"),
 }

@@ -87,7 +87,7 @@ class DemoConfig:
         require(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be >= 1")
 
 
-def _stage(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
+def run_stage(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
     """Run one stage, time it and fail loudly when its command reports an error."""
     print(f"\n=== demo: {name} ===", flush=True)
     start = time.perf_counter()
@@ -286,7 +286,7 @@ def run(cfg: DemoConfig) -> int:
     print(f"lapa demo: writing to {root.resolve()}", flush=True)
     timings: dict[str, float] = {}
     for name, thunk in stages(cfg) + (policy_stages(cfg) if cfg.policy_stages else []):
-        _stage(name, timings, thunk)
+        run_stage(name, timings, thunk)
 
     report_dir = root / "report"
     metrics = json.loads((report_dir / "metrics.json").read_text())
