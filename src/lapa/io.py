@@ -55,16 +55,26 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put directory `tmp` in place of `final` (a directory, a file or nothing): the old one is moved aside
+    first and deleted after, so `final` is always either the old or the new one, never a mixture."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, final)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:

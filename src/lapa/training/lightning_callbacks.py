@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lapa.io import atomic_path
+from lapa.io import atomic_path, replace_dir
 from lapa.training.seeding import mix_seed
 
 
@@ -75,6 +76,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+def atomic_model_parallel_strategy(**kwargs: Any) -> Any:
+    """Lightning's `ModelParallelStrategy` whose sharded (DCP) checkpoints are written atomically: every rank
+    writes its shard into `.NAME.partial/` beside the target, then rank 0 puts the complete directory in
+    place of the old one (`lapa.io.replace_dir`). Lightning's own overwrites the directory in place, so a
+    run killed while saving `last.ckpt` would leave a checkpoint that cannot be resumed."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class AtomicModelParallelStrategy(ModelParallelStrategy):
+        def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+            final = Path(self.broadcast(str(filepath)))
+            tmp = final.with_name(f".{final.name}.partial")
+            if self.global_rank == 0 and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
+            self.barrier("atomic_checkpoint_start")
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            self.barrier("atomic_checkpoint_written")
+            if self.global_rank == 0:
+                replace_dir(tmp, final)
+            self.barrier("atomic_checkpoint_done")
+
+    return AtomicModelParallelStrategy(**kwargs)
 
 
 def checkpoint_callbacks(ckpt_dir: str | os.PathLike, every_n_steps: int, keep_periodic: int,
@@ -142,8 +166,12 @@ class CheckpointOnSigterm(L.Callback):
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
-    """The global step stored in a Lightning checkpoint file (memory-mapped: the weights are not read)."""
-    return int(torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    """The global step stored in a Lightning checkpoint: a file (memory-mapped: the weights are not read) or
+    the directory of a sharded one (ModelParallelStrategy; the step is in its `meta.pt`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "meta.pt"
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -80,19 +80,22 @@ def sharded(cfg: FinetuneConfig) -> bool:
 def build_trainer(cfg: FinetuneConfig, callbacks: list, logger: Any) -> L.Trainer:
     """The Trainer from `training` (loop, clipping) and `cluster` (devices, precision): one device plain;
     several (or cluster.strategy=fsdp) under ModelParallelStrategy, sharded by `parallelize_vla`."""
-    from lapa.training.lightning_callbacks import AtomicCheckpointIO, StepProgressBar, quiet_lightning
+    from lapa.training.lightning_callbacks import (
+        AtomicCheckpointIO,
+        StepProgressBar,
+        atomic_model_parallel_strategy,
+        quiet_lightning,
+    )
 
     quiet_lightning()
     t, c = cfg.training, cfg.cluster
     plugins: list = []
     if sharded(cfg):
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         from lapa.training.fabric import world_size
 
         # Every process is a data-parallel rank (the VLA has no tensor parallelism): the default sizes
         # would make a (nodes, devices) mesh, and give all GPUs of a node the same samples.
-        strategy: Any = ModelParallelStrategy(data_parallel_size=world_size(c), tensor_parallel_size=1)
+        strategy: Any = atomic_model_parallel_strategy(data_parallel_size=world_size(c), tensor_parallel_size=1)
     else:
         strategy, plugins = "auto", [AtomicCheckpointIO()]
     return L.Trainer(

@@ -82,15 +82,18 @@ class ActionFinetuneTask(L.LightningModule):
         self._val_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last_val: dict[str, float] = {}
         self.last_val_step = -1
+        self._sharded = False  # whether configure_model has applied FSDP2
 
     # ------------------------------------------------------------------------------ pieces
     def configure_model(self) -> None:
-        """Under ModelParallelStrategy (several devices): FSDP2 by `parallelize_vla`, as in Stage 2."""
+        """Under ModelParallelStrategy (several devices): FSDP2 by `parallelize_vla`, as in Stage 2. Lightning
+        calls this hook again for every `validate`/`test` after `fit`: it shards once (idempotent)."""
         mesh = getattr(self, "device_mesh", None)
-        if mesh is not None and self.parallel is not None:
+        if mesh is not None and self.parallel is not None and not self._sharded:
             from lapa.vla.parallelize import parallelize_vla
 
             parallelize_vla(self.model, mesh, self.parallel)
+            self._sharded = True
 
     def targets(self, batch: dict, table: EpisodeActions | None) -> torch.Tensor:
         """float32 [B, K, 7] on the device: the step's action, and the next K-1 of its episode."""
