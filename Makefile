@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/vla_throughput.py --threads 2
 	$(BIN)/python benchmarks/policy_latency.py --threads 2 --onnx
 	$(BIN)/python benchmarks/serve_load.py --make-tiny
+	$(BIN)/python benchmarks/sim_learnability.py   # ~25 minutes: the learnability curve (docs/simulator.md)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -22,7 +22,7 @@ STAGES = ["sim generate", "ingest train", "ingest val", "train-laq", "label", "e
 
 def _demo(out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "lapa.cli", "demo", f"output_dir={out}", "episodes=4", "val_fraction=0.5",
-           "image_size=32", "train_steps=3", "train_batch_size=4", "workers=0", "eval_max_pairs=40",
+           "image_size=32", "demo_seed=2", "train_steps=3", "train_batch_size=4", "workers=0", "eval_max_pairs=40",
            "train_overrides=['training.val_check_interval=2','training.limit_val_batches=1']",
            "eval_overrides=['atlas_frames=1','grid_examples=2']", "vla_steps=3", "demo_episodes=4", "demos=2",
            "finetune_steps=3", "eval_episodes=1",
@@ -59,7 +59,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     text = (report_dir / "report.md").read_text()
     assert "## Stage 2" in text and "| lapa |" in text and "| scratch |" in text
     demos = json.loads((out / "finetune_lapa" / "export" / "info.json").read_text())["training"]["demos"]
-    assert demos["episodes"] == 2 and all("-s1-" in i for i in demos["ids"])  # the demonstrations' own seed
+    assert demos["episodes"] == 2 and all("-s2-" in i for i in demos["ids"])  # the demonstrations' own seed
     final = out / "laq" / "laq_final.pt"
     stamps = {p: p.stat().st_mtime_ns for p in (final, out / "vla" / "export" / "model.safetensors",
                                                  out / "finetune_scratch" / "export" / "model.safetensors",

@@ -58,7 +58,8 @@ class DemoConfig:
     # Stages 2 and 3 and the closed loop (false: stop after Stage 1)
     policy_stages: bool = True
     vla_steps: int = 1000  # lapa train-vla steps (the vla_debug preset's)
-    demo_episodes: int = 40  # demonstration episodes simulated (seed + 1), 25% held out for validation
+    demo_episodes: int = 40  # demonstration episodes simulated, 25% held out for validation
+    demo_seed: int | None = None  # the demonstrations' simulator seed; null: seed + 1 (never the videos' seed)
     demos: int = 20  # demonstrations Stage 3 trains on (the few-demo regime)
     finetune_steps: int = 400  # lapa finetune steps, each arm
     scratch_baseline: bool = True  # also finetune from scratch (the same model without Stage 2)
@@ -81,6 +82,8 @@ class DemoConfig:
         require(self.eval_max_pairs >= 0, "eval_max_pairs", self.eval_max_pairs, "must be >= 0 (0: all)")
         require(self.vla_steps >= 1, "vla_steps", self.vla_steps, "must be >= 1")
         require(self.demo_episodes >= 4, "demo_episodes", self.demo_episodes, "must be >= 4 (train and val)")
+        require(self.demo_seed != self.seed, "demo_seed", self.demo_seed,
+                "must differ from seed (the demonstrations' scenes must not be the videos')")
         require(1 <= self.demos < self.demo_episodes, "demos", self.demos,
                 f"must be in 1..{self.demo_episodes - 1} (demo_episodes, some held out)")
         require(self.finetune_steps >= 1, "finetune_steps", self.finetune_steps, "must be >= 1")
@@ -212,11 +215,11 @@ def policy_stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
             f"output_dir={root / 'latent' / 'val'}", f"batch_size={cfg.label_batch_size}", "num_workers=0",
             "device=cpu", "rank=0", "world_size=1", *cfg.label_overrides]))),
         ("train-vla", stage2),
-        # seed + 1: world seeds (seed + 1) * 100003 + i, never the videos' seed * 100003 + i
+        # another seed: world seeds demo_seed * 100003 + i, never the videos' seed * 100003 + i
         ("sim demos", lambda: generate(load("sim_generate", GenerateConfig, [
             f"output={root / 'robot'}", f"episodes={cfg.demo_episodes}", "val_fraction=0.25",
-            f"seed={cfg.seed + 1}", f"workers={cfg.workers}", f"sim.image_size={cfg.image_size}",
-            *cfg.sim_overrides]))),
+            f"seed={cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed}", f"workers={cfg.workers}",
+            f"sim.image_size={cfg.image_size}", *cfg.sim_overrides]))),
         *[(f"finetune {arm}", lambda arm=arm: stage3(arm)) for arm in arms],
         *[(f"sim eval {arm}", lambda arm=arm: closed_loop(arm)) for arm in arms],
     ]

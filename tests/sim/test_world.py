@@ -91,7 +91,7 @@ def test_presets_compose_and_host_every_task(preset):
     from lapa.sim.tasks import FAMILIES, make_task
 
     cfg = load("sim_generate", GenerateConfig, ["output=x", f"sim={preset}"]).sim
-    assert cfg.image_size == (256 if preset == "hd" else 128)
+    assert cfg.image_size == (256 if preset == "hd" else 64)
     for seed in range(10):
         for family in FAMILIES:
             scene, _ = make_task(family, cfg, seed)

@@ -19,6 +19,7 @@ class ExperimentConfig:
     laq_steps: int = 800  # lapa train-laq steps (laq_debug)
     vla_steps: int = 1000  # lapa train-vla steps (vla_debug), every pretrained arm
     demo_pool: int = 80  # demonstration episodes simulated; N of the training ones are drawn per seed
+    demo_seed: int | None = None  # the demonstrations' simulator seed; null: seed + 1 (never the videos')
     ns: list[int] = field(default_factory=lambda: [10, 20, 50])  # demonstrations per finetuning
     arms: list[str] = field(default_factory=lambda: ["scratch", "lapa", "actions"])
     train_seeds: list[int] = field(default_factory=lambda: [0, 1])  # which N demos and the finetune seed
@@ -46,6 +47,7 @@ class ExperimentConfig:
         enough = int((max(self.ns) + 2) / 0.75) + 1
         require(max(self.ns) <= int(self.demo_pool * 0.75) - 1, "demo_pool", self.demo_pool,
                 f"too small for N = {max(self.ns)} (25% of it is held out): use >= {enough}")
+        require(self.demo_seed != self.seed, "demo_seed", self.demo_seed, "must differ from seed (the videos')")
         require(bool(self.train_seeds), "train_seeds", self.train_seeds, "must list at least one seed")
         for key in ("laq_steps", "vla_steps", "finetune_steps", "eval_episodes"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")

@@ -109,7 +109,8 @@ def experiment_stages(cfg: ExperimentConfig) -> list[tuple[str, Callable[[], Any
         *[(f"labels {arm}", lambda arm=arm: control_labels(arm)) for arm in pretrained if arm != "lapa"],
         *[(f"train-vla {arm}", lambda arm=arm: stage2(arm)) for arm in pretrained],
         ("sim demos", lambda: generate(load("sim_generate", GenerateConfig, [
-            f"output={root / 'robot'}", f"episodes={cfg.demo_pool}", "val_fraction=0.25", f"seed={cfg.seed + 1}",
+            f"output={root / 'robot'}", f"episodes={cfg.demo_pool}", "val_fraction=0.25",
+            f"seed={cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed}",
             f"workers={cfg.workers}", f"sim.image_size={cfg.image_size}", *cfg.sim_overrides]))),
         *[(f"finetune+eval {run_name(*r)}", lambda r=r: finetune_and_eval(*r)) for r in cfg.runs()],
     ]

@@ -46,7 +46,7 @@ class CameraConfig:
 class SimConfig:
     """World, camera, control and scene-randomisation settings (conf/sim/*.yaml)."""
 
-    image_size: int = 128  # square RGB images
+    image_size: int = 64  # square RGB images (64: what the image-based probe certifies, docs/simulator.md)
     wrist_camera: bool = False  # also render a camera on the hand (observation key "wrist_image")
     camera: CameraConfig = field(default_factory=CameraConfig)
     control_hz: int = 10
@@ -61,6 +61,7 @@ class SimConfig:
     colours: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple",
                                                         "orange"])
     shapes: list[str] = field(default_factory=lambda: list(SHAPES))
+    unique_colours: bool = True  # no two objects of a scene share a colour (at 64 px shape is barely visible)
     min_objects: int = 3
     max_objects: int = 4
     object_size: float = 0.045  # cube edge, cylinder diameter and height (metres)
@@ -68,6 +69,9 @@ class SimConfig:
     spawn_high: list[float] = field(default_factory=lambda: [0.62, 0.17])
     min_separation: float = 0.11  # metres between object centres at spawn
     max_spawn_yaw: float = 0.6  # radians; cubes spawn with a random yaw in +-this
+    random_start: bool = False  # the hand starts at a random point of the start box (else the home pose)
+    start_low: list[float] = field(default_factory=lambda: [0.28, -0.18, 0.12])  # start box, metres
+    start_high: list[float] = field(default_factory=lambda: [0.58, 0.18, 0.36])
     light_jitter: bool = False  # random light direction per episode
     camera_jitter: float = 0.0  # metres of random offset of the camera eye per episode
     shadows: bool = True  # shadows make height (lifting) visible; costs some render time
@@ -87,12 +91,17 @@ class SimConfig:
         require(not bad and self.shapes, "sim.shapes", self.shapes, f"must be a non-empty subset of {SHAPES}")
         require(2 <= self.min_objects <= self.max_objects, "sim.min_objects", self.min_objects,
                 "must be >= 2 and <= sim.max_objects")
-        require(self.max_objects <= len(self.colours) * len(self.shapes), "sim.max_objects",
-                self.max_objects, "must be <= len(colours) * len(shapes) (objects must be distinguishable)")
+        kinds = len(self.colours) * (1 if self.unique_colours else len(self.shapes))
+        require(self.max_objects <= kinds, "sim.max_objects", self.max_objects,
+                "must be <= len(colours) (x len(shapes) unless unique_colours) (objects must be distinguishable)")
         require(0.02 <= self.object_size <= 0.07, "sim.object_size", self.object_size,
                 "must be in 0.02..0.07 m (the gripper opens 0.08 m)")
         for key in ("workspace_low", "workspace_high"):
             require(len(getattr(self, key)) == 3, f"sim.{key}", getattr(self, key), "must have 3 values")
+        for key in ("start_low", "start_high"):
+            require(len(getattr(self, key)) == 3, f"sim.{key}", getattr(self, key), "must have 3 values")
+        require(all(lo <= hi for lo, hi in zip(self.start_low, self.start_high)), "sim.start_low",
+                self.start_low, "must be <= sim.start_high in every coordinate")
         for key in ("spawn_low", "spawn_high"):
             require(len(getattr(self, key)) == 2, f"sim.{key}", getattr(self, key), "must have 2 values")
         require(self.robot_mesh in {"simple", "detailed"}, "sim.robot_mesh", self.robot_mesh,

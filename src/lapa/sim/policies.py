@@ -28,12 +28,15 @@ from lapa.sim.world import TabletopWorld
 class OracleConfig:
     """Diversity of scripted demonstrations: Gaussian action noise and a per-episode speed factor."""
 
-    noise: float = 0.0  # std of translation noise as a fraction of the step size (closed loop corrects it)
+    noise: float = 0.0  # std of translation noise as a fraction of the step (closed loop corrects it)
+    noise_scale: str = "move"  # move: noise x this step's move (none once there) | step: noise x the max step
     speed_min: float = 0.7  # per-episode speed factor, uniform in [speed_min, speed_max] x max step
     speed_max: float = 1.0
+    rotate: bool = False  # turn the hand square to cubes (true: yaw a policy must read off 4 px cubes) | keep yaw 0
 
     def __post_init__(self) -> None:
         require(0.0 <= self.noise <= 1.0, "oracle.noise", self.noise, "must be in [0, 1]")
+        require(self.noise_scale in {"move", "step"}, "oracle.noise_scale", self.noise_scale, "must be move or step")
         require(0.1 <= self.speed_min <= self.speed_max <= 1.0, "oracle.speed_min", self.speed_min,
                 "must satisfy 0.1 <= speed_min <= speed_max <= 1")
 
@@ -47,6 +50,7 @@ class _Phase:
     yaw: float = 0.0
     hold: int = 0
     tol: float = 0.004
+    until: Callable[[], bool] | None = None  # ends the hold early (the grasp took hold; the object is free)
 
 
 class ScriptedOracle:
@@ -84,8 +88,9 @@ class ScriptedOracle:
             low = behind + [0, 0, 0.015 - behind[2]]
             return [_Phase(behind + [0, 0, 0.1], 0.0), _Phase(low, 0.0),
                     _Phase(low + d * 0.13, 0.0), _Phase(low + d * 0.13 + [0, 0, 0.08], 0.0)]
+        held = lambda: w.held_object == task.target  # noqa: E731
         grasp = [_Phase(above(0.08), 1.0, yaw), _Phase(above(0.0), 1.0, yaw, tol=0.003),
-                 _Phase(lambda: w.target_pos.copy(), 0.0, yaw, hold=3)]
+                 _Phase(lambda: w.target_pos.copy(), 0.0, yaw, hold=3, until=held)]
         lift = [_Phase(lambda: w.target_pos * [1, 1, 0] + [0, 0, 0.12], 0.0, yaw)]
         if task.family == "pick":
             return grasp + lift
@@ -105,13 +110,16 @@ class ScriptedOracle:
             # cannot knock the reference object); of the equivalent yaws (mod pi) take the nearest
             across = math.atan2(away[1], away[0])
             place_yaw = float((across - yaw + math.pi / 2) % math.pi - math.pi / 2 + yaw)
+        opened = lambda: w.gripper_width() > s + 0.01  # noqa: E731  (the fingers let go of the object)
+        if not self.cfg.rotate:
+            place_yaw = 0.0
         return grasp + lift + [_Phase(place(clear), 0.0, place_yaw), _Phase(place(0.008), 0.0, place_yaw),
-                               _Phase(lambda: w.target_pos.copy(), 1.0, place_yaw, hold=2),
+                               _Phase(lambda: w.target_pos.copy(), 1.0, place_yaw, hold=2, until=opened),
                                _Phase(lambda: w.target_pos + [0, 0, 0.05], 1.0, place_yaw)]
 
     def _grasp_yaw(self, index: int) -> float:
         """Cube yaw folded into [-pi/4, pi/4] (a parallel gripper sees a cube's 4 faces alike)."""
-        if self.world.scene.objects[index].shape != "cube":
+        if self.world.scene.objects[index].shape != "cube" or not self.cfg.rotate:
             return 0.0
         orn = self.world.object_pose(index)[1]
         yaw = self.world.p.getEulerFromQuaternion(orn)[2]
@@ -129,18 +137,25 @@ class ScriptedOracle:
         if norm > step:
             delta *= step / norm
         if self.cfg.noise > 0:
-            delta = delta + self.rng.normal(0.0, self.cfg.noise * step, size=3)
+            # "move": the noise shrinks with the move, so the oracle stops exactly at a waypoint instead
+            # of dithering around it with pure-noise actions (an image cannot predict those)
+            scale = float(np.linalg.norm(delta)) if self.cfg.noise_scale == "move" else step
+            delta = delta + self.rng.normal(0.0, self.cfg.noise * scale, size=3)
         dyaw = np.clip(phase.yaw - w.target_rpy[2], -w.cfg.max_delta_rot, w.cfg.max_delta_rot)
         drp = np.clip(-w.target_rpy[:2], -w.cfg.max_delta_rot, w.cfg.max_delta_rot)  # stay pointing down
-        self._advance(phase, goal, norm)
+        self._advance(phase, goal, max(0.0, norm - step))
         return np.array([*delta, *drp, dyaw, phase.grip], dtype=np.float32)
 
     def _advance(self, phase: _Phase, goal: np.ndarray, remaining: float) -> None:
+        """`remaining`: the distance left after this step's (noise-free) move. A phase ends on the step
+        that arrives (no idle step at the waypoint), once the hand has caught up with the command and
+        its hold is over (or its `until` holds)."""
         self.in_phase += 1
         reached = remaining <= phase.tol and np.linalg.norm(self.world._ee_pose()[0] - goal) < 0.015
         if reached:
             self.held_for += 1
-        if (reached and self.held_for > phase.hold) or self.in_phase >= self.MAX_PHASE_STEPS:
+        done = reached and (self.held_for > phase.hold or (phase.until is not None and phase.until()))
+        if done or self.in_phase >= self.MAX_PHASE_STEPS:
             self.index, self.in_phase, self.held_for = self.index + 1, 0, 0
 
 

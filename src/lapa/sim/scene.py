@@ -35,13 +35,18 @@ class Scene:
     objects: list[ObjectSpec]
     light_direction: tuple[float, float, float] = (0.4, -0.3, 1.0)
     camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    hand_start: tuple[float, float, float] | None = None  # None: the home pose
 
 
 def sample_scene(cfg: SimConfig, rng: np.random.Generator) -> Scene:
     """Distinct (colour, shape) objects at separated random positions in the spawn area."""
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    kinds = [(c, s) for c in cfg.colours for s in cfg.shapes]
-    chosen = [kinds[i] for i in rng.choice(len(kinds), size=n, replace=False)]
+    if cfg.unique_colours:  # the colour alone names the object: shapes are 3-4 pixels wide at 64 px
+        colours = rng.choice(len(cfg.colours), size=n, replace=False)
+        chosen = [(cfg.colours[c], cfg.shapes[int(rng.integers(len(cfg.shapes)))]) for c in colours]
+    else:
+        kinds = [(c, s) for c in cfg.colours for s in cfg.shapes]
+        chosen = [kinds[i] for i in rng.choice(len(kinds), size=n, replace=False)]
     low, high = np.asarray(cfg.spawn_low), np.asarray(cfg.spawn_high)
     for _ in range(1000):  # rejection sampling of separated positions
         xy = rng.uniform(low, high, size=(n, 2))
@@ -59,4 +64,6 @@ def sample_scene(cfg: SimConfig, rng: np.random.Generator) -> Scene:
         light = (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), float(rng.uniform(0.6, 1.5)))
     offset = tuple(float(v) for v in rng.uniform(-cfg.camera_jitter, cfg.camera_jitter, size=3)) \
         if cfg.camera_jitter > 0 else (0.0, 0.0, 0.0)
-    return Scene(objects, light, offset)  # type: ignore[arg-type]
+    # drawn last and only when on: the same objects either way, and with it off the same tasks by seed
+    start = tuple(float(v) for v in rng.uniform(cfg.start_low, cfg.start_high)) if cfg.random_start else None
+    return Scene(objects, light, offset, start)  # type: ignore[arg-type]

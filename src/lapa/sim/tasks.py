@@ -126,7 +126,11 @@ def _sample_pair(rng, scene, cfg, family: str) -> Task | None:
             spots.append(xy)
     if not spots:
         return None
-    goal = spots[int(rng.integers(len(spots)))]
+    rng.integers(len(spots))  # drawn as before, so that seeds keep their scenes' paraphrases
+    # the free spot nearest to the target: one spot per scene (a random one of up to 4 made the
+    # demonstrations multimodal for a policy that sees only the image) and the shortest carry
+    t = scene.objects[target]
+    goal = min(spots, key=lambda xy: float(np.hypot(xy[0] - t.x, xy[1] - t.y)))
     return Task(family, "", target, reference=ref, goal_xy=(float(goal[0]), float(goal[1])))
 
 

@@ -109,6 +109,13 @@ class TabletopWorld:
         for j in FINGER_JOINTS:
             p.resetJointState(self.robot, j, MAX_FINGER, physicsClientId=c)
             p.changeDynamics(self.robot, j, lateralFriction=1.5, physicsClientId=c)
+        if scene.hand_start is not None:  # a random start: the arm's joints set by IK, pointing down
+            q = p.calculateInverseKinematics(
+                self.robot, EE_LINK, list(scene.hand_start), self._down, lowerLimits=_LOWER, upperLimits=_UPPER,
+                jointRanges=_RANGES, restPoses=_REST, maxNumIterations=100, residualThreshold=1e-5,
+                physicsClientId=c)
+            for j, qj in zip(ARM_JOINTS, np.clip(q[:7], _LOWER[:7], _UPPER[:7])):
+                p.resetJointState(self.robot, j, float(qj), physicsClientId=c)
         self.objects = [self._add_object(o) for o in scene.objects]
         pos, orn = self._ee_pose()
         self.target_pos, self.target_rpy = pos, self._relative_rpy(orn)
