@@ -39,7 +39,7 @@ class DemoConfig:
     """Settings of `lapa demo` (conf/demo.yaml); the defaults fit in 30 minutes on 2 CPU cores."""
 
     output_dir: str = "runs/demo"  # everything the demo writes
-    episodes: int = 60  # simulator episodes (train + val)
+    episodes: int = 100  # simulator episodes (train + val): ~1,900 frame pairs at ~23 steps per episode
     val_fraction: float = 0.25  # share of the episodes held out for the evaluation
     seed: int = 0  # simulator, ingest and training seed
     image_size: int = 64  # rendered, ingested and modelled size (the tiny LAQ's 64 px, 8x8 patches)

@@ -10,6 +10,8 @@ tests and debuggers prefer. Sits at the bottom of the package: imports nothing o
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import Pool
 from typing import TypeVar
@@ -18,6 +20,20 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def share_cores(workers: int) -> None:
+    """Worker initializer: each of `workers` processes gets an equal share of the cores for its intra-op
+    threads (torch, OpenMP, BLAS), unless the user set them. Without it every worker starts one thread per
+    core: measured, closed-loop evaluation of the debug VLA policy with 2 workers on 2 cores ran at ~20 s
+    per episode (the threads spinning against each other), against 2.0 s in one process and 1.2 s with
+    this initializer."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    torch = sys.modules.get("torch")  # already imported by the pickled function's module: set it directly
+    if torch is not None:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 class WorkerPool:
@@ -30,7 +46,7 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         if self.workers > 0:
-            self._pool = mp.get_context("spawn").Pool(self.workers)
+            self._pool = mp.get_context("spawn").Pool(self.workers, initializer=share_cores, initargs=(self.workers,))
         return self
 
     def __exit__(self, *exc: object) -> None:
