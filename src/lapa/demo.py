@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,8 +108,6 @@ def stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
     from lapa.data.ingest import run as ingest
     from lapa.eval.laq_eval import EvalLAQConfig
     from lapa.eval.laq_eval import run as eval_laq
-    from lapa.laq.label import LabelConfig
-    from lapa.laq.label import run as label
     from lapa.laq.train import TrainLAQConfig
     from lapa.laq.train import run as train_laq
     from lapa.sim.generate import GenerateConfig
@@ -145,10 +143,7 @@ def stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
         ("ingest train", lambda: ingest_split("train")),
         ("ingest val", lambda: ingest_split("val")),
         ("train-laq", train),
-        ("label", lambda: label(load("label", LabelConfig, [
-            f"checkpoint={final}", f"shards={root / 'pairs' / 'train'}", f"output_dir={root / 'latent' / 'train'}",
-            f"batch_size={cfg.label_batch_size}", "num_workers=0", "device=cpu", "rank=0", "world_size=1",
-            *cfg.label_overrides]))),
+        ("label", lambda: label_pairs(root, "train", cfg.label_batch_size, cfg.label_overrides)),
         ("eval-laq", lambda: eval_laq(load("eval_laq", EvalLAQConfig, [
             f"checkpoint={final}", f"shards={root / 'pairs' / 'val'}", f"output_dir={root / 'report'}",
             f"max_pairs={cfg.eval_max_pairs}", "num_workers=0", "device=cpu", f"seed={cfg.seed}",
@@ -156,21 +151,69 @@ def stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
     ]
 
 
-def policy_stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
-    """Stages 2 and 3 and the closed loop, after Stage 1 (same form as `stages`)."""
-    from lapa.eval.closed_loop import SimEvalConfig
-    from lapa.eval.closed_loop import run as sim_eval
+# The commands of Stages 2 and 3 and the closed loop, as the demo and `lapa experiment` both run them.
+def label_pairs(root: Path, split: str, batch_size: int = 128, overrides: Sequence[str] = ()) -> Any:
+    """`lapa label` of root/pairs/<split> with root/laq/laq_final.pt into root/latent/<split>."""
     from lapa.laq.label import LabelConfig
     from lapa.laq.label import run as label
-    from lapa.sim.generate import GenerateConfig
-    from lapa.sim.generate import run as generate
-    from lapa.vla.finetune import run as finetune
-    from lapa.vla.finetune_config import FinetuneConfig
+
+    return label(load("label", LabelConfig, [
+        f"checkpoint={root / 'laq' / 'laq_final.pt'}", f"shards={root / 'pairs' / split}",
+        f"output_dir={root / 'latent' / split}", f"batch_size={batch_size}", "num_workers=0", "device=cpu",
+        "rank=0", "world_size=1", *overrides]))
+
+
+def train_stage2(labels: Path, out: Path, image_size: int, steps: int, seed: int,
+                 overrides: Sequence[str] = ()) -> Any:
+    """`lapa train-vla experiment=vla_debug` on labels/{train,val} into `out` (resumes a killed run)."""
     from lapa.vla.pretrain import run as train_vla
     from lapa.vla.pretrain_config import TrainVLAConfig
 
+    return train_vla(load("train_vla", TrainVLAConfig, [
+        "experiment=vla_debug", f"data.train_shards={labels / 'train'}", f"data.val_shards={labels / 'val'}",
+        f"data.image_size={image_size}", f"output_dir={out}", f"training.max_steps={steps}",
+        "training.limit_val_batches=null", f"seed={seed}", "resume=auto", *overrides]))
+
+
+def generate_demos(out: Path, episodes: int, seed: int, image_size: int, workers: int,
+                   overrides: Sequence[str] = ()) -> Any:
+    """`lapa sim generate` of demonstrations (25% held out) into `out`."""
+    from lapa.sim.generate import GenerateConfig
+    from lapa.sim.generate import run as generate
+
+    return generate(load("sim_generate", GenerateConfig, [
+        f"output={out}", f"episodes={episodes}", "val_fraction=0.25", f"seed={seed}", f"workers={workers}",
+        f"sim.image_size={image_size}", *overrides]))
+
+
+def finetune_on_demos(init: str | Path, demos: Path, out: Path, n: int, image_size: int, steps: int, seed: int,
+                      episodes_seed: int | None = None, overrides: Sequence[str] = ()) -> Any:
+    """`lapa finetune experiment=finetune_debug` from `init` on n of demos/train, validated on demos/val."""
+    from lapa.vla.finetune import run as finetune
+    from lapa.vla.finetune_config import FinetuneConfig
+
+    chosen = [] if episodes_seed is None else [f"data.episodes_seed={episodes_seed}"]
+    return finetune(load("finetune", FinetuneConfig, [
+        "experiment=finetune_debug", f"init={init}", f"data.max_episodes={n}", *chosen,
+        f"data.train_shards={demos / 'train'}", f"data.val_shards={demos / 'val'}", f"data.image_size={image_size}",
+        f"output_dir={out}", f"training.max_steps={steps}", f"seed={seed}", "resume=auto", *overrides]))
+
+
+def evaluate_closed_loop(export: Path, out: Path, episodes: int, image_size: int, workers: int,
+                         seed: int | None = None, overrides: Sequence[str] = ()) -> Any:
+    """`lapa sim eval` of a Stage 3 export into `out` (one video per outcome and family)."""
+    from lapa.eval.closed_loop import SimEvalConfig
+    from lapa.eval.closed_loop import run as sim_eval
+
+    seeds = [] if seed is None else [f"seed={seed}"]
+    return sim_eval(load("sim_eval", SimEvalConfig, [
+        f"policy={export}", f"output={out}", f"episodes={episodes}", *seeds, f"sim.image_size={image_size}",
+        f"workers={workers}", "videos_per_task=1", *overrides]))
+
+
+def policy_stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
+    """Stages 2 and 3 and the closed loop, after Stage 1 (same form as `stages`)."""
     root = Path(cfg.output_dir)
-    robot = root / "robot" / "demos"
 
     def done(export: Path, what: str) -> bool:
         if (export / "info.json").is_file():
@@ -181,45 +224,32 @@ def policy_stages(cfg: DemoConfig) -> list[tuple[str, Callable[[], Any]]]:
     def stage2() -> Any:
         if done(root / "vla" / "export", "Stage 2"):
             return 0
-        return train_vla(load("train_vla", TrainVLAConfig, [
-            "experiment=vla_debug", f"data.train_shards={root / 'latent' / 'train'}",
-            f"data.val_shards={root / 'latent' / 'val'}", f"data.image_size={cfg.image_size}",
-            f"output_dir={root / 'vla'}", f"training.max_steps={cfg.vla_steps}", "training.limit_val_batches=null",
-            f"seed={cfg.seed}", "resume=auto", *cfg.vla_overrides]))
+        return train_stage2(root / "latent", root / "vla", cfg.image_size, cfg.vla_steps, cfg.seed, cfg.vla_overrides)
 
     def stage3(arm: str) -> Any:
         out = root / f"finetune_{arm}"
         if done(out / "export", f"Stage 3 ({arm})"):
             return 0
         init = root / "vla" / "export" if arm == "lapa" else "scratch"
-        return finetune(load("finetune", FinetuneConfig, [
-            "experiment=finetune_debug", f"init={init}", f"data.max_episodes={cfg.demos}",
-            f"data.train_shards={robot / 'train'}", f"data.val_shards={robot / 'val'}",
-            f"data.image_size={cfg.image_size}", f"output_dir={out}", f"training.max_steps={cfg.finetune_steps}",
-            f"seed={cfg.seed}", "resume=auto", *cfg.finetune_overrides]))
+        return finetune_on_demos(init, root / "robot" / "demos", out, cfg.demos, cfg.image_size, cfg.finetune_steps,
+                                 cfg.seed, overrides=cfg.finetune_overrides)
 
     def closed_loop(arm: str) -> Any:
         out = root / f"eval_{arm}"
         if (out / "metrics.json").is_file():
             print(f"demo: {out / 'metrics.json'} exists; keeping that evaluation (delete it to redo)")
             return 0
-        return sim_eval(load("sim_eval", SimEvalConfig, [
-            f"policy={root / f'finetune_{arm}' / 'export'}", f"output={out}", f"episodes={cfg.eval_episodes}",
-            f"sim.image_size={cfg.image_size}", f"workers={cfg.workers}", "videos_per_task=1",
-            *cfg.sim_eval_overrides]))
+        return evaluate_closed_loop(root / f"finetune_{arm}" / "export", out, cfg.eval_episodes, cfg.image_size,
+                                    cfg.workers, overrides=cfg.sim_eval_overrides)
 
     arms = ["lapa", "scratch"] if cfg.scratch_baseline else ["lapa"]
+    demo_seed = cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed
     return [
-        ("label val", lambda: label(load("label", LabelConfig, [
-            f"checkpoint={root / 'laq' / 'laq_final.pt'}", f"shards={root / 'pairs' / 'val'}",
-            f"output_dir={root / 'latent' / 'val'}", f"batch_size={cfg.label_batch_size}", "num_workers=0",
-            "device=cpu", "rank=0", "world_size=1", *cfg.label_overrides]))),
+        ("label val", lambda: label_pairs(root, "val", cfg.label_batch_size, cfg.label_overrides)),
         ("train-vla", stage2),
         # another seed: world seeds demo_seed * 100003 + i, never the videos' seed * 100003 + i
-        ("sim demos", lambda: generate(load("sim_generate", GenerateConfig, [
-            f"output={root / 'robot'}", f"episodes={cfg.demo_episodes}", "val_fraction=0.25",
-            f"seed={cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed}", f"workers={cfg.workers}",
-            f"sim.image_size={cfg.image_size}", *cfg.sim_overrides]))),
+        ("sim demos", lambda: generate_demos(root / "robot", cfg.demo_episodes, demo_seed, cfg.image_size,
+                                            cfg.workers, cfg.sim_overrides)),
         *[(f"finetune {arm}", lambda arm=arm: stage3(arm)) for arm in arms],
         *[(f"sim eval {arm}", lambda arm=arm: closed_loop(arm)) for arm in arms],
     ]

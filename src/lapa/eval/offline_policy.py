@@ -32,8 +32,9 @@ from lapa.data.tar_reader import shard_samples
 from lapa.io import write_json_atomic, write_text_atomic
 from lapa.pictures import save_png
 from lapa.policy import get_policy
+from lapa.vla.action_tokenizer import ACTION_NAMES
 
-NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+NAMES = ACTION_NAMES  # x y z roll pitch yaw gripper
 
 
 @dataclass

@@ -14,25 +14,26 @@ instructions and json; only `KEY.latent.npy` differs), so `lapa train-vla` train
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from lapa.data.shards import decode_npy, list_shards, write_shard
+from lapa.data.tar_reader import shard_samples
 
 ACTION_DIMS = (0, 1, 2, 6)  # x, y, z, gripper: the dimensions the built-in tasks use
 
 
 def _members(path: str) -> dict[str, dict[str, bytes]]:
-    """key -> suffix -> bytes of every sample of a tar shard, in order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.isfile():
-                key, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
-                samples.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-    return samples
+    """key -> suffix -> bytes of every sample of a tar shard, in order (WebDataset's grouping,
+    `tar_reader.shard_samples`)."""
+    with open(path, "rb") as stream:
+        return {sample["__key__"]: {k: v for k, v in sample.items() if not k.startswith("__")}
+                for sample in shard_samples(stream, path, on_error=_raise)}
+
+
+def _raise(err: Exception) -> None:
+    raise err  # a corrupt shard of our own labels: stop, do not write control labels from part of it
 
 
 def pair_actions(pairs_dir: str | Path) -> dict[tuple[str, str], np.ndarray]:

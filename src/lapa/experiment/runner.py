@@ -21,8 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lapa.config import load
-from lapa.demo import DemoConfig, run_stage, stages
+from lapa.demo import (
+    DemoConfig,
+    evaluate_closed_loop,
+    finetune_on_demos,
+    generate_demos,
+    label_pairs,
+    run_stage,
+    stages,
+    train_stage2,
+)
 from lapa.experiment.config import PRETRAINED, ExperimentConfig
 from lapa.io import write_json_atomic
 
@@ -40,17 +48,7 @@ def _done(path: Path, what: str) -> bool:
 
 def experiment_stages(cfg: ExperimentConfig) -> list[tuple[str, Callable[[], Any]]]:
     """(name, thunk) of every stage, in order; each thunk skips work whose output exists."""
-    from lapa.eval.closed_loop import SimEvalConfig
-    from lapa.eval.closed_loop import run as sim_eval
     from lapa.experiment.relabel import relabel_shuffled, relabel_with_actions
-    from lapa.laq.label import LabelConfig
-    from lapa.laq.label import run as label
-    from lapa.sim.generate import GenerateConfig
-    from lapa.sim.generate import run as generate
-    from lapa.vla.finetune import run as finetune
-    from lapa.vla.finetune_config import FinetuneConfig
-    from lapa.vla.pretrain import run as train_vla
-    from lapa.vla.pretrain_config import TrainVLAConfig
 
     root = Path(cfg.output_dir)
     latent = {"train": root / "latent" / "train", "val": root / "latent" / "val"}
@@ -74,44 +72,30 @@ def experiment_stages(cfg: ExperimentConfig) -> list[tuple[str, Callable[[], Any
         out = root / f"stage2_{arm}"
         if _done(out / "export" / "info.json", f"Stage 2 ({arm})"):
             return 0
-        return train_vla(load("train_vla", TrainVLAConfig, [
-            "experiment=vla_debug", f"data.train_shards={labels_of(arm) / 'train'}",
-            f"data.val_shards={labels_of(arm) / 'val'}", f"data.image_size={cfg.image_size}", f"output_dir={out}",
-            f"training.max_steps={cfg.vla_steps}", "training.limit_val_batches=null", f"seed={cfg.seed}",
-            "resume=auto", *cfg.vla_overrides]))
+        return train_stage2(labels_of(arm), out, cfg.image_size, cfg.vla_steps, cfg.seed, cfg.vla_overrides)
 
     def finetune_and_eval(arm: str, n: int, seed: int) -> Any:
         out = root / "runs" / run_name(arm, n, seed)
         if not _done(out / "export" / "info.json", f"the finetuning {out.name}"):
             init = "scratch" if arm == "scratch" else root / f"stage2_{arm}" / "export"
-            status = finetune(load("finetune", FinetuneConfig, [
-                "experiment=finetune_debug", f"init={init}", f"data.max_episodes={n}", f"data.episodes_seed={seed}",
-                f"data.train_shards={root / 'robot' / 'demos' / 'train'}",
-                f"data.val_shards={root / 'robot' / 'demos' / 'val'}", f"data.image_size={cfg.image_size}",
-                f"output_dir={out}", f"training.max_steps={cfg.finetune_steps}", f"seed={seed}", "resume=auto",
-                *cfg.finetune_overrides]))
+            status = finetune_on_demos(init, root / "robot" / "demos", out, n, cfg.image_size, cfg.finetune_steps,
+                                       seed, episodes_seed=seed, overrides=cfg.finetune_overrides)
             if status not in (None, 0):
                 return status
         if _done(out / "eval" / "metrics.json", f"the evaluation of {out.name}"):
             return 0
-        return sim_eval(load("sim_eval", SimEvalConfig, [
-            f"policy={out / 'export'}", f"output={out / 'eval'}", f"episodes={cfg.eval_episodes}",
-            f"seed={cfg.eval_seed}", f"sim.image_size={cfg.image_size}", f"workers={cfg.workers}",
-            "videos_per_task=1", *cfg.sim_overrides, *cfg.sim_eval_overrides]))
+        return evaluate_closed_loop(out / "export", out / "eval", cfg.eval_episodes, cfg.image_size, cfg.workers,
+                                    seed=cfg.eval_seed, overrides=[*cfg.sim_overrides, *cfg.sim_eval_overrides])
 
     pretrained = [a for a in cfg.arms if a in PRETRAINED]
+    demo_seed = cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed
     return [
         *stages(stage1),
-        ("label val", lambda: label(load("label", LabelConfig, [
-            f"checkpoint={root / 'laq' / 'laq_final.pt'}", f"shards={root / 'pairs' / 'val'}",
-            f"output_dir={latent['val']}", "batch_size=128", "num_workers=0", "device=cpu", "rank=0",
-            "world_size=1"]))),
+        ("label val", lambda: label_pairs(root, "val")),
         *[(f"labels {arm}", lambda arm=arm: control_labels(arm)) for arm in pretrained if arm != "lapa"],
         *[(f"train-vla {arm}", lambda arm=arm: stage2(arm)) for arm in pretrained],
-        ("sim demos", lambda: generate(load("sim_generate", GenerateConfig, [
-            f"output={root / 'robot'}", f"episodes={cfg.demo_pool}", "val_fraction=0.25",
-            f"seed={cfg.seed + 1 if cfg.demo_seed is None else cfg.demo_seed}",
-            f"workers={cfg.workers}", f"sim.image_size={cfg.image_size}", *cfg.sim_overrides]))),
+        ("sim demos", lambda: generate_demos(root / "robot", cfg.demo_pool, demo_seed, cfg.image_size, cfg.workers,
+                                            cfg.sim_overrides)),
         *[(f"finetune+eval {run_name(*r)}", lambda r=r: finetune_and_eval(*r)) for r in cfg.runs()],
     ]
 

@@ -37,14 +37,12 @@ from lapa.laq.task import LAQTask, TrainingConfig
 from lapa.training.cluster import ClusterConfig, apply_precision, make_strategy
 from lapa.training.lightning_callbacks import (
     AtomicCheckpointIO,
-    CheckpointOnSigterm,
-    ConfigInCheckpoint,
-    SeedPerBatch,
     StepProgressBar,
     checkpoint_callbacks,
     checkpoint_step,
     fit_to_the_end,
     quiet_lightning,
+    run_callbacks,
 )
 from lapa.training.loggers import WandbConfig, check_logger, make_logger
 from lapa.training.loop_checks import check_run_options
@@ -130,7 +128,6 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     `{"frames": float [B, 3, 2, H, W] in [0, 1]}` batches.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
     from lightning.pytorch.utilities import rank_zero_only
 
     out = Path(cfg.output_dir)
@@ -151,11 +148,8 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
     ckpt_callbacks, best_cb = checkpoint_callbacks(run_dir.checkpoints, ck.every_n_steps, ck.keep_periodic,
                                                    ck.save_best, ck.monitor)
     grid = ReconstructionGrid(out / "recon", rows=cfg.training.num_vis_rows)
-    start_step = [0]  # the global step after a resume restored it
-    callbacks = [*ckpt_callbacks, grid, CheckpointOnSigterm(run_dir.last), ConfigInCheckpoint(config_dict, config_yaml),
-                 SeedPerBatch(cfg.seed),
-                 LearningRateMonitor(logging_interval="step"),
-                 LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
+    common, run_start = run_callbacks(run_dir.last, config_dict, config_yaml, cfg.seed)
+    callbacks = [*ckpt_callbacks, grid, *common]
     trainer = build_trainer(cfg, callbacks, make_logger(cfg.logger, out, cfg.experiment_name, cfg.wandb))
 
     if trainer.is_global_zero:
@@ -175,7 +169,7 @@ def run(cfg: TrainLAQConfig, datamodule: Any = None) -> int:
                                   before_last_save=keep_final_if_best)
     if status is not None:
         return status
-    steps = trainer.global_step - start_step[0]
+    steps = trainer.global_step - run_start.start_step
     if not trainer.is_global_zero:
         return 0
 

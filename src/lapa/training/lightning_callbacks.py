@@ -101,6 +101,26 @@ def atomic_model_parallel_strategy(**kwargs: Any) -> Any:
     return AtomicModelParallelStrategy(**kwargs)
 
 
+class RunStart(L.Callback):
+    """Remembers the global step the fit started from (after a resume restored it): `start_step`."""
+
+    def __init__(self) -> None:
+        self.start_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step
+
+
+def run_callbacks(last: Path, config_dict: dict, config_yaml: str, seed: int) -> tuple[list[L.Callback], RunStart]:
+    """What every Lightning stage adds beside its checkpoint callbacks: the SIGTERM checkpoint at `last`, the
+    config in every checkpoint, per-batch seeds, the lr in the logs, and the step the fit started from."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    start = RunStart()
+    return [CheckpointOnSigterm(last), ConfigInCheckpoint(config_dict, config_yaml), SeedPerBatch(seed),
+            LearningRateMonitor(logging_interval="step"), start], start
+
+
 def checkpoint_callbacks(ckpt_dir: str | os.PathLike, every_n_steps: int, keep_periodic: int,
                          save_best: bool, monitor: str,
                          mode: str = "min") -> tuple[list[ModelCheckpoint], ModelCheckpoint | None]:

@@ -142,18 +142,15 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
         lapa finetune experiment=finetune_debug init=scratch data.max_episodes=10      # the baseline
         lapa finetune experiment=finetune_7b init=runs/vla_7b/export lora.enabled=true resume=auto
     """
-    from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
     from lightning.pytorch.utilities import rank_zero_only
 
     from lapa.data.skips import skipped_samples
     from lapa.training.cluster import apply_precision
     from lapa.training.lightning_callbacks import (
-        CheckpointOnSigterm,
-        ConfigInCheckpoint,
-        SeedPerBatch,
         checkpoint_callbacks,
         checkpoint_step,
         fit_to_the_end,
+        run_callbacks,
     )
     from lapa.training.loggers import make_logger
     from lapa.training.run_dir import RunDir
@@ -183,11 +180,8 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
     has_val = bool(cfg.data.val_shards)
     ckpt_callbacks, best_cb = checkpoint_callbacks(run_dir.checkpoints, ck.every_n_steps, ck.keep,
                                                    ck.save_best and has_val, ck.monitor)
-    start_step = [0]
-    callbacks = [*ckpt_callbacks, CheckpointOnSigterm(run_dir.last), ConfigInCheckpoint(config_dict, config_yaml),
-                 SeedPerBatch(cfg.seed),
-                 LearningRateMonitor(logging_interval="step"),
-                 LambdaCallback(on_train_start=lambda tr, _: start_step.__setitem__(0, tr.global_step))]
+    common, run_start = run_callbacks(run_dir.last, config_dict, config_yaml, cfg.seed)
+    callbacks = [*ckpt_callbacks, *common]
     trainer = build_trainer(cfg, callbacks, make_logger(cfg.logger, out, cfg.experiment_name, cfg.wandb))
     if trainer.is_global_zero:
         run_dir.write_config(config_yaml)
@@ -203,7 +197,7 @@ def run(cfg: FinetuneConfig, datamodule: Any = None) -> int:
                                   has_val=has_val)
     if status is not None:
         return status
-    steps = trainer.global_step - start_step[0]
+    steps = trainer.global_step - run_start.start_step
     demos = {"episodes": len(choice.ids), "steps": choice.steps, "episodes_seed": cfg.data.episodes_seed,
              "max_episodes": cfg.data.max_episodes, "ids": sorted(choice.ids)[:1000]}
     info = {"training": {"command": "lapa finetune", "experiment_name": cfg.experiment_name, **ready["source"],
